@@ -1,0 +1,24 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create (or refresh, when setup.cfg changes) the virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# torch and torchvision are pinned to builds that work together on CPU; see README "Install".
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: demo test venv
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/imgcurate demo sample-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest

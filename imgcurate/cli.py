@@ -1,0 +1,179 @@
+"""The ``imgcurate`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from . import columns as C
+from .cluster import SCHEDULER_ENV, dask_client
+from .errors import ImgcurateError
+
+log = logging.getLogger("imgcurate")
+
+
+def _add_scheduler(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help=f"Dask scheduler address (tcp://HOST:PORT), or 'threads'; default: ${SCHEDULER_ENV}, "
+             "else a local cluster started for the job",
+    )
+
+
+def _add_output(parser: argparse.ArgumentParser, images_per_tar: bool = True) -> None:
+    parser.add_argument("--output", "-o", required=True, help="output directory (local path or fsspec URL)")
+    if images_per_tar:
+        parser.add_argument("--images-per-tar", type=int, default=1000, metavar="N",
+                            help="samples per output shard; every shard but the last holds exactly N (default 1000)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory written by imgcurate")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad shard, member or image instead of reporting it")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def _print_result(result) -> None:
+    print(result)
+    failed = {**result.counts.get("failed_by_reason", {}), **result.counts.get("rejected_members_by_reason", {}),
+              **result.counts.get("rejected_shards_by_reason", {})}
+    if failed:
+        summary = ", ".join(f"{reason} {n}" for reason, n in sorted(failed.items(), key=lambda kv: -kv[1]))
+        print(f"failures: {summary} (details: {result.output_dir}/_failures.parquet)")
+    if result.counts.get("renamed_keys"):
+        print(f"renamed keys: {result.counts['renamed_keys']} (listed in _manifest.json)")
+
+
+def cmd_reshard(args) -> int:
+    from .dataframe import mark_where
+    from .io.reader import read_webdataset
+    from .io.writer import write_webdataset
+
+    with dask_client(args.scheduler):
+        df = read_webdataset(args.input, with_images=False, on_error="raise" if args.strict else "report")
+        if getattr(args, "where", None):
+            df = mark_where(df, args.where, stage="where")
+        result = write_webdataset(df, args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
+                                  progress=not args.no_progress)
+    _print_result(result)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .summary import inspect_dataset
+
+    report = inspect_dataset(args.path)
+    print(json.dumps(report, indent=1) if args.json else report_text(report))
+    return 0
+
+
+def report_text(report: dict) -> str:
+    lines = [f"{report['shards']} shards, {report['samples']} samples, {report['bytes'] / 1e6:.1f} MB"]
+    if report["failures"]:
+        lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
+    width = max(len(s["shard"]) for s in report["per_shard"])
+    lines.append(f"{'shard':<{width}}  {'samples':>8}  {'failures':>8}  {'MB':>8}")
+    for s in report["per_shard"]:
+        lines.append(f"{s['shard']:<{width}}  {s['samples']:>8}  {s['failures']:>8}  {s['bytes'] / 1e6:>8.2f}")
+    lines.append("columns: " + ", ".join(f"{name} ({dtype})" for name, dtype in report["columns"].items()))
+    if report.get("manifest"):
+        counts = report["manifest"].get("counts", {})
+        lines.append("written by imgcurate " + str(report["manifest"].get("imgcurate_version")) + ": " +
+                     ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int)))
+    return "\n".join(lines)
+
+
+def cmd_sample_data(args) -> int:
+    from .sample_data import make_sample_dataset
+
+    paths = make_sample_dataset(args.output, shards=args.shards, samples_per_shard=args.samples_per_shard)
+    print(f"wrote {len(paths)} shards with {args.shards * args.samples_per_shard} samples to {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .sample_data import make_sample_dataset
+
+    data = os.path.join(args.directory, "sample-data")
+    if not os.path.isdir(data):
+        make_sample_dataset(data)
+        print(f"sample data: {data}")
+    common = ["--overwrite", "--scheduler", args.scheduler or "threads"]
+    steps = [
+        ["reshard", data, "--output", os.path.join(args.directory, "resharded"), "--images-per-tar", "10", *common],
+        ["export", data, "--output", os.path.join(args.directory, "exported"), "--where", "width >= 160 AND caption NOT LIKE '%grey%'",
+         "--images-per-tar", "8", *common],
+        ["inspect", os.path.join(args.directory, "exported")],
+    ]
+    for step in steps:
+        print("$ imgcurate " + " ".join(step))
+        code = main(step)
+        if code:
+            return code
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcurate", description="Curate image datasets stored as WebDataset shards.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("reshard", help="copy a WebDataset into shards of exactly N samples (no decoding)",
+                       description="Copy any WebDataset into shards of exactly --images-per-tar samples, "
+                                   "plus Parquet metadata, without decoding or re-encoding images.")
+    p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
+    _add_output(p)
+    _add_scheduler(p)
+    p.set_defaults(func=cmd_reshard)
+
+    p = sub.add_parser("export", help="reshard only the samples whose metadata matches a SQL predicate",
+                       description="Keep the samples for which a SQL predicate over their metadata holds "
+                                   "(DuckDB syntax, e.g. \"width >= 300 AND caption ILIKE '%%dog%%'\") and "
+                                   "reshard them exactly as `reshard` does.")
+    p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
+    p.add_argument("--where", required=True, metavar="PREDICATE", help="SQL boolean expression over metadata columns")
+    _add_output(p)
+    _add_scheduler(p)
+    p.set_defaults(func=cmd_reshard)
+
+    p = sub.add_parser("inspect", help="shards, samples, columns and sizes of a WebDataset",
+                       description="Summarise a WebDataset: shards, samples, failures, columns and sizes.")
+    p.add_argument("path", help="directory, glob, brace range or file of shards")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sample-data", help="write the small generated sample WebDataset",
+                       description="Write a small, deterministic WebDataset of generated images (JPEG and PNG, "
+                                   "captions, JSON, sidecar Parquet).")
+    p.add_argument("output")
+    p.add_argument("--shards", type=int, default=3)
+    p.add_argument("--samples-per-shard", type=int, default=16)
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("demo", help="run the main job on the bundled sample data",
+                       description="Generate the sample data in DIRECTORY and run the main job on it.")
+    p.add_argument("directory", nargs="?", default="sample-output")
+    _add_scheduler(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ImgcurateError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"imgcurate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

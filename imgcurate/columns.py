@@ -1,0 +1,65 @@
+"""Names and types of the columns imgcurate itself produces.
+
+A sample is one row. Columns in order of appearance (see README, "Dataframe columns"):
+
+* ``key``: the WebDataset key (member path up to the first dot of its basename);
+* ``image`` (bytes, only with ``with_images=True``), ``image_ext``, ``image_nbytes``;
+* ``caption`` (from ``.txt``), ``cls`` (from ``.cls``, when the dataset has it);
+* one column per ``.json`` field and per sidecar-Parquet column, one bytes column per other
+  component extension;
+* ``extra_json`` / ``extra_members``: JSON fields and components that did not fit the
+  schema inferred from the first shard (nothing is dropped);
+* ``source_shard``, ``source_index`` (sample order in its shard);
+* ``error``, ``error_member``, ``error_detail``: set on failure rows only;
+* ``_image_offset``: where the image bytes start in the (decompressed) source shard, so the
+  writer and the decoder can fetch them by byte range. Columns starting with ``_`` are
+  internal and never written.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+KEY = "key"
+IMAGE = "image"
+IMAGE_EXT = "image_ext"
+IMAGE_NBYTES = "image_nbytes"
+CAPTION = "caption"
+CLS = "cls"
+EXTRA_JSON = "extra_json"
+EXTRA_MEMBERS = "extra_members"
+SOURCE_SHARD = "source_shard"
+SOURCE_INDEX = "source_index"
+ERROR = "error"
+ERROR_MEMBER = "error_member"
+ERROR_DETAIL = "error_detail"
+IMAGE_OFFSET = "_image_offset"
+DROPPED_BY = "dropped_by"
+EMBEDDING = "embedding"
+AESTHETIC_SCORE = "aesthetic_score"
+NSFW_SCORE = "nsfw_score"
+
+ERROR_COLUMNS = (ERROR, ERROR_MEMBER, ERROR_DETAIL)
+EXTRA_MEMBERS_TYPE = pa.map_(pa.string(), pa.binary())
+
+# Columns the reader fills itself; a .json field or sidecar column of the same name never
+# overwrites them (see io/schema.py for how such values are kept).
+READER_COLUMNS = (
+    KEY, IMAGE, IMAGE_EXT, IMAGE_NBYTES, CAPTION, CLS, EXTRA_JSON, EXTRA_MEMBERS,
+    SOURCE_SHARD, SOURCE_INDEX, *ERROR_COLUMNS, IMAGE_OFFSET,
+)
+
+# Not written into a sample's .json: the image itself, what the tar member names already
+# say, provenance of this particular copy, and vectors (Parquet only).
+NOT_IN_SAMPLE_JSON = (
+    KEY, IMAGE, IMAGE_EXT, IMAGE_NBYTES, CAPTION, CLS, EXTRA_JSON, EXTRA_MEMBERS,
+    SOURCE_SHARD, SOURCE_INDEX, *ERROR_COLUMNS, DROPPED_BY, EMBEDDING,
+)
+
+
+def is_internal(name: str) -> bool:
+    return name.startswith("_")
+
+
+def embedding_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)

@@ -1,0 +1,1 @@
+"""Reading and writing WebDataset shards (the first step of the data path)."""

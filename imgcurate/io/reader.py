@@ -1,0 +1,162 @@
+"""Read WebDataset shards into a Dask DataFrame: one partition per shard."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import dask.dataframe as dd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import columns as C
+from ..backend import Backend, resolve_backend
+from ..errors import Failure, OnError, apply_policy, check_on_error
+from .paths import expand_shards, filesystem, sidecar_url
+from .samples import Sample, iter_samples
+from .schema import Layout, merge_layouts, shard_table
+from .tar import is_compressed_shard, open_shard_stream
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one partition needs to read its shard (small and picklable)."""
+
+    url: str
+    with_images: bool
+    sidecar: str | None  # sidecar Parquet URL, or None
+    storage_options: dict | None
+    on_error: OnError
+
+
+def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
+    """Group one shard's members into samples; problems are returned as failures, not raised."""
+    samples: list[Sample] = []
+    failures: list[Failure] = []
+    fs, path = filesystem(task.url, task.storage_options)
+    try:
+        total_size = None if is_compressed_shard(task.url) else fs.size(path)
+        with fs.open(path, "rb") as raw:
+            stream = open_shard_stream(raw, task.url)
+            for item in iter_samples(stream, task.url, with_images=task.with_images, total_size=total_size):
+                (failures if isinstance(item, Failure) else samples).append(item)
+    except OSError as exc:  # the file itself could not be opened or read (not a format problem)
+        failures.append(Failure(
+            "unreadable_shard", f"{type(exc).__name__}: {exc} (stopped after {len(samples)} samples)", shard=task.url
+        ))
+    return samples, failures
+
+
+def read_sidecar(task: ShardTask, failures: list[Failure]) -> pa.Table | None:
+    if task.sidecar is None:
+        return None
+    fs, path = filesystem(task.sidecar, task.storage_options)
+    if not fs.exists(path):
+        return None
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except (OSError, pa.ArrowException) as exc:
+        failures.append(Failure("invalid_sidecar", f"{type(exc).__name__}: {exc}", shard=task.url, member=task.sidecar))
+        return None
+    if C.KEY not in table.column_names:
+        failures.append(Failure("invalid_sidecar", "sidecar has no 'key' column", shard=task.url, member=task.sidecar))
+        return None
+    return table.set_column(table.schema.get_field_index(C.KEY), C.KEY, table.column(C.KEY).cast(pa.string()))
+
+
+def read_partition_table(task: ShardTask, layout: Layout | None) -> tuple[pa.Table, Layout]:
+    """Read, group, conform to ``layout`` (``None`` infers it), then apply the failure policy."""
+    samples, failures = read_shard_samples(task)
+    sidecar = read_sidecar(task, failures)
+    table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout)
+    if task.on_error != "report":
+        apply_policy(failures_in(table), task.on_error)  # raises under "raise"
+        table = table.filter(table.column(C.ERROR).is_null())
+    return table, layout
+
+
+def failures_in(table: pa.Table) -> list[Failure]:
+    """The failure rows of a partition table, as :class:`Failure` objects."""
+    rows = table.filter(table.column(C.ERROR).is_valid())
+    return [
+        Failure(reason, detail, shard=shard, member=member, key=key)
+        for reason, detail, shard, member, key in zip(
+            *(rows.column(name).to_pylist() for name in (C.ERROR, C.ERROR_DETAIL, C.SOURCE_SHARD, C.ERROR_MEMBER, C.KEY))
+        )
+    ]
+
+
+class _ReadShard:
+    """The ``from_map`` function: a shard task → one partition on the chosen backend."""
+
+    def __init__(self, layout: Layout, backend: Backend):
+        self.layout, self.backend = layout, backend
+
+    def __call__(self, task: ShardTask):
+        table, _ = read_partition_table(task, self.layout)
+        return self.backend.from_arrow(table)
+
+
+def read_webdataset(
+    urlpath: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    with_images: bool = True,
+    sidecar_parquet: bool | str = "auto",
+    storage_options: dict | None = None,
+    on_error: OnError = "report",
+    backend: str | None = "pandas",
+    layout_shards: int = 1,
+) -> dd.DataFrame:
+    """Read WebDataset shards into a Dask DataFrame, one partition per shard.
+
+    Parameters
+    ----------
+    urlpath:
+        A directory, glob, brace range (``data/{00000..00009}.tar``), file, or list of these;
+        local paths or fsspec URLs. ``.tar``, ``.tar.gz`` and ``.tgz`` shards.
+    with_images:
+        Load image bytes into an ``image`` column. Without it, rows still carry where each
+        image lies in its shard, and the writer and the decoder fetch it from there.
+    sidecar_parquet:
+        ``"auto"`` joins an img2dataset-style ``00000.parquet`` next to ``00000.tar`` on
+        ``key`` when it exists; ``True`` requires one per shard; ``False`` ignores them.
+    on_error:
+        The failure policy (see :mod:`imgcurate.errors`): ``"report"`` keeps problems as
+        failure rows, ``"skip"`` drops them, ``"raise"`` stops at the first.
+    backend:
+        ``"pandas"`` (default), ``"cudf"``, or ``"auto"`` (cuDF when a GPU and cuDF are present).
+    layout_shards:
+        How many shards (from the start) decide the columns: JSON fields, sidecar columns and
+        component extensions. Values outside that layout are kept in ``extra_json`` and
+        ``extra_members``; raise this for datasets whose shards differ.
+    """
+    on_error = check_on_error(on_error)
+    if sidecar_parquet not in (True, False, "auto"):
+        raise ValueError(f"sidecar_parquet must be True, False or 'auto', got {sidecar_parquet!r}")
+    shards = expand_shards(urlpath, storage_options)
+    tasks = [ShardTask(url, with_images, _sidecar_for(url, sidecar_parquet, storage_options), storage_options, on_error)
+             for url in shards]
+    if layout_shards < 1:
+        raise ValueError("layout_shards must be at least 1")
+    # the layout comes from the first shards, read without image bytes (same columns, less I/O)
+    layout = merge_layouts([
+        read_partition_table(replace(task, with_images=False, on_error="report"), None)[1]
+        for task in tasks[:layout_shards]
+    ])
+    layout = replace(layout, with_images=with_images)
+    chosen = resolve_backend(backend)
+    meta = chosen.meta(layout.arrow_schema())
+    return dd.from_map(_ReadShard(layout, chosen), tasks, meta=meta, label="read-webdataset", enforce_metadata=False)
+
+
+def _sidecar_for(url: str, sidecar_parquet: bool | str, storage_options: dict | None) -> str | None:
+    if sidecar_parquet is False:
+        return None
+    candidate = sidecar_url(url)
+    if sidecar_parquet is True:
+        fs, path = filesystem(candidate, storage_options)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"sidecar_parquet=True but {candidate!r} does not exist")
+    return candidate

@@ -1,0 +1,152 @@
+"""Group tar members into WebDataset samples.
+
+Rules (those of the webdataset library, plus the safety rules it leaves to the user):
+
+* a member's key is its path up to the first dot of its basename (directories kept in the
+  key); the rest, lower-cased, is its extension: ``a/b.seg.png`` is key ``a/b``, ext ``seg.png``;
+* consecutive members with the same key form one sample; a key that comes back later, or
+  an extension seen twice in a row, starts a new sample with the same key;
+* directories are ignored; leading ``./`` is stripped;
+* rejected, each reported as a :class:`~imgcurate.errors.Failure`: absolute paths and paths
+  with ``..`` (they could escape an extraction directory), names that are not UTF-8, links,
+  device/fifo members, names without an extension, ``.gz`` members that do not inflate;
+* a shard that is cut short keeps every sample before the cut; the sample being read at the
+  cut is rejected as ``truncated_sample``.
+
+The image of a sample is its first member with an image extension. When the caller does not
+want image bytes, that member's data is skipped, not read: its offset and size are enough to
+copy or decode it later.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from ..errors import Failure
+from .tar import DIRECTORY, FILE, SPECIAL, TarFormatError, TarMember, gunzip_limited, iter_tar
+
+IMAGE_EXTENSIONS = frozenset(
+    {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm", "pnm", "jp2", "avif"}
+)
+MAX_GUNZIP_BYTES = 64 * 2**20
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # the webdataset library's own rule
+
+
+@dataclass(slots=True)
+class Sample:
+    key: str
+    index: int
+    components: dict[str, TarMember] = field(default_factory=dict)
+    image_ext: str | None = None
+
+    @property
+    def image(self) -> TarMember | None:
+        return self.components.get(self.image_ext) if self.image_ext else None
+
+
+def normalize_member_name(name: str) -> str | None:
+    """The member name with leading ``./`` removed, or None if it is unsafe to use."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    while name.startswith("./"):
+        name = name[2:]
+    if not name or name.startswith("/") or "\0" in name:
+        return None
+    if any(part == ".." for part in name.split("/")):
+        return None
+    return name
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    match = _KEY_EXT.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).lower()
+
+
+def iter_samples(
+    stream: BinaryIO, shard: str, *, with_images: bool = True, total_size: int | None = None
+) -> Iterator[Sample | Failure]:
+    """Yield the samples of one shard in order, interleaved with failures."""
+    current: Sample | None = None
+    index = 0
+
+    def want_data(raw_name: str) -> bool:
+        if with_images:
+            return True
+        name = normalize_member_name(raw_name)
+        parts = split_key(name) if name else None
+        if parts is None:
+            return True
+        key, ext = parts
+        starts_new = current is None or current.key != key or ext in current.components
+        return not (ext in IMAGE_EXTENSIONS and (starts_new or current.image_ext is None))
+
+    members = iter_tar(stream, want_data, total_size)
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            break
+        except TarFormatError as cut:
+            if cut.reason == "not_a_tar":
+                yield Failure("not_a_tar", cut.detail, shard=shard)
+                return
+            cut_name = normalize_member_name(cut.member) if cut.member else None
+            cut_key = split_key(cut_name)[0] if cut_name and split_key(cut_name) else None
+            if current is not None:
+                if cut_key == current.key:
+                    yield Failure(
+                        "truncated_sample", f"{cut.detail}; the sample's remaining members are lost",
+                        shard=shard, member=cut.member, key=current.key,
+                    )
+                else:
+                    yield current
+            yield Failure("truncated_member", cut.detail, shard=shard, member=cut.member, key=cut_key)
+            return
+
+        if member.kind == DIRECTORY:
+            continue
+        name = normalize_member_name(member.name)
+        if name is None:
+            yield Failure("unsafe_member_name", "member path is absolute, contains '..' or is not UTF-8",
+                          shard=shard, member=_printable(member.name))
+            continue
+        if member.kind != FILE:
+            reason = "special_member" if member.kind == SPECIAL else "link_member"
+            yield Failure(reason, f"{member.kind} member is not followed", shard=shard, member=name)
+            continue
+        parts = split_key(name)
+        if parts is None:
+            yield Failure("no_extension", "member name has no extension, so it belongs to no sample",
+                          shard=shard, member=name)
+            continue
+        key, ext = parts
+        if ext.endswith(".gz") and ext[:-3] not in IMAGE_EXTENSIONS and member.data is not None:
+            try:
+                member.data = gunzip_limited(member.data, MAX_GUNZIP_BYTES)
+            except (OSError, ValueError, EOFError) as exc:
+                yield Failure("invalid_gzip", str(exc), shard=shard, member=name, key=key)
+                continue
+            ext = ext[:-3]
+            member.size = len(member.data)
+            member.offset = -1  # inflated data has no byte range in the shard
+
+        if current is None or current.key != key or ext in current.components:
+            if current is not None:
+                yield current
+            current = Sample(key=key, index=index)
+            index += 1
+        current.components[ext] = member
+        if current.image_ext is None and ext in IMAGE_EXTENSIONS:
+            current.image_ext = ext
+    if current is not None:
+        yield current
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

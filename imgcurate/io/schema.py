@@ -1,0 +1,347 @@
+"""Turn the samples of one shard into an Arrow table with a fixed schema.
+
+A Dask DataFrame needs one schema for all partitions before it reads them. The layout (which
+JSON fields, sidecar columns and components exist, with which types) is inferred from the
+first shard; every later shard is conformed to it:
+
+* a field or column missing from a shard is null there;
+* a value that does not fit its column's type, a JSON field or sidecar column the first shard
+  did not have, or one named like a column the reader fills itself, goes into ``extra_json``;
+* a component extension the first shard did not have goes into ``extra_members``.
+
+Nested JSON values (objects, arrays) and fields of mixed types are stored as JSON text in
+Arrow's JSON extension type, so the writer can restore them as JSON values and DuckDB sees
+them as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from .. import columns as C
+from ..errors import Failure
+from .samples import Sample
+
+JSON_TEXT = pa.json_()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The part of the frame schema that depends on the data (inferred from the first shard)."""
+
+    json_fields: tuple[tuple[str, pa.DataType], ...] = ()
+    sidecar_fields: tuple[tuple[str, pa.DataType], ...] = ()
+    components: tuple[str, ...] = ()
+    with_images: bool = True
+
+    def arrow_schema(self) -> pa.Schema:
+        fields = [pa.field(C.KEY, pa.string())]
+        if self.with_images:
+            fields.append(pa.field(C.IMAGE, pa.binary()))
+        fields += [
+            pa.field(C.IMAGE_EXT, pa.string()),
+            pa.field(C.IMAGE_NBYTES, pa.int64()),
+            pa.field(C.CAPTION, pa.string()),
+            pa.field(C.CLS, pa.int64()),
+        ]
+        fields += [pa.field(name, typ) for name, typ in self.json_fields + self.sidecar_fields]
+        fields += [pa.field(ext, pa.binary()) for ext in self.components]
+        fields += [
+            pa.field(C.EXTRA_JSON, JSON_TEXT),
+            pa.field(C.EXTRA_MEMBERS, C.EXTRA_MEMBERS_TYPE),
+            pa.field(C.SOURCE_SHARD, pa.string()),
+            pa.field(C.SOURCE_INDEX, pa.int64()),
+            pa.field(C.ERROR, pa.string()),
+            pa.field(C.ERROR_MEMBER, pa.string()),
+            pa.field(C.ERROR_DETAIL, pa.string()),
+            pa.field(C.IMAGE_OFFSET, pa.int64()),
+        ]
+        return pa.schema(fields)
+
+
+class _Rows:
+    """Column lists for one shard, filled sample by sample."""
+
+    def __init__(self):
+        self.key, self.image, self.image_ext, self.image_nbytes, self.image_offset = [], [], [], [], []
+        self.caption, self.cls, self.json, self.components = [], [], [], []
+        self.index: list[int] = []
+        self.extra: list[dict[str, Any]] = []
+
+    def __len__(self):
+        return len(self.key)
+
+
+def _decode_sample(sample: Sample, rows: _Rows, shard: str, failures: list[Failure]) -> None:
+    image = sample.image
+    caption = cls = doc = None
+    others: dict[str, bytes] = {}
+    for ext, member in sample.components.items():
+        if member is image:
+            continue
+        data = member.data or b""
+        if ext == "txt":
+            try:
+                caption = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                failures.append(Failure("invalid_caption", str(exc), shard=shard, member=f"{sample.key}.{ext}", key=sample.key))
+        elif ext == "cls":
+            try:
+                cls = int(data.strip())
+            except ValueError:
+                failures.append(Failure("invalid_cls", f"not an integer: {data[:40]!r}", shard=shard, member=f"{sample.key}.{ext}", key=sample.key))
+        elif ext == "json":
+            try:
+                doc = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                doc = exc
+            if not isinstance(doc, dict):
+                detail = str(doc) if isinstance(doc, Exception) else f"top-level value is {type(doc).__name__}, not an object"
+                failures.append(Failure("invalid_json", detail, shard=shard, member=f"{sample.key}.{ext}", key=sample.key))
+                doc = None
+        else:
+            others[ext] = data
+    rows.key.append(sample.key)
+    rows.index.append(sample.index)
+    rows.image.append(image.data if image is not None else None)
+    rows.image_ext.append(sample.image_ext)
+    rows.image_nbytes.append(image.size if image is not None else None)
+    rows.image_offset.append(image.offset if image is not None and image.offset >= 0 else None)
+    rows.caption.append(caption)
+    rows.cls.append(cls)
+    rows.json.append(doc)
+    rows.components.append(others)
+    rows.extra.append({})
+
+
+def _fill_gap(rows: _Rows, i: int, name: str, value: Any) -> bool:
+    """Use ``value`` for a missing caption or class; True when it was used or already there."""
+    if name == C.CAPTION and isinstance(value, str):
+        if rows.caption[i] is None:
+            rows.caption[i] = value
+        return rows.caption[i] == value
+    if name == C.CLS and isinstance(value, int) and not isinstance(value, bool):
+        if rows.cls[i] is None:
+            rows.cls[i] = value
+        return rows.cls[i] == value
+    return name == C.KEY and value == rows.key[i]
+
+
+def _claim_reserved(rows: _Rows, i: int, name: str, value: Any) -> None:
+    """A .json field named like a reader column: fill a gap, drop if redundant, else keep aside."""
+    if not _fill_gap(rows, i, name, value):
+        rows.extra[i][name] = value
+
+
+def _infer_type(values: list[Any]) -> pa.DataType:
+    present = [v for v in values if v is not None]
+    if any(isinstance(v, (dict, list)) for v in present):
+        return JSON_TEXT
+    try:
+        typ = pa.array(present).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return JSON_TEXT
+    if pa.types.is_null(typ):
+        return pa.string()
+    if typ == pa.int64() and any(isinstance(v, bool) for v in present):
+        return JSON_TEXT  # bools mixed with ints
+    return typ
+
+
+def _fits(value: Any, typ: pa.DataType) -> bool:
+    if typ == JSON_TEXT:
+        return True
+    if isinstance(value, bool) != pa.types.is_boolean(typ):
+        return False
+    try:
+        pa.scalar(value, type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _typed_column(values: list[Any], typ: pa.DataType, rows: _Rows, name: str) -> pa.Array:
+    """Values as an array of ``typ``; values that do not fit go to the row's extras."""
+    if typ == JSON_TEXT:
+        text = [None if v is None else json.dumps(v, ensure_ascii=False, default=_json_default) for v in values]
+        return pa.array(text, pa.string()).cast(JSON_TEXT)
+    fitted = []
+    for i, value in enumerate(values):
+        if value is None or _fits(value, typ):
+            fitted.append(value)
+        else:
+            fitted.append(None)
+            rows.extra[i][name] = value
+    return pa.array(fitted, type=typ)
+
+
+def _json_default(value: Any) -> Any:
+    """JSON form of sidecar values that JSON has no type for (bytes, timestamps)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def shard_table(
+    samples: Iterable[Sample],
+    failures: list[Failure],
+    shard: str,
+    *,
+    with_images: bool,
+    sidecar: pa.Table | None = None,
+    layout: Layout | None = None,
+) -> tuple[pa.Table, Layout]:
+    """Build the partition table of one shard (``failures`` gets the member failures found).
+
+    With ``layout=None`` the layout is inferred from this shard and returned.
+    """
+    rows = _Rows()
+    for sample in samples:
+        _decode_sample(sample, rows, shard, failures)
+    n = len(rows)
+    reserved = set(C.READER_COLUMNS)
+
+    # JSON fields, in order of first appearance
+    json_values: dict[str, list[Any]] = {}
+    for i, doc in enumerate(rows.json):
+        for name, value in (doc or {}).items():
+            if name in reserved:
+                _claim_reserved(rows, i, name, value)
+                continue
+            json_values.setdefault(name, [None] * n)[i] = value
+
+    # components beyond image/txt/json/cls
+    seen_components: list[str] = []
+    for others in rows.components:
+        for ext in others:
+            if ext not in seen_components:
+                seen_components.append(ext)
+
+    # sidecar columns joined on key
+    sidecar_values: dict[str, list[Any]] = {}
+    if sidecar is not None:
+        sidecar_rows = {k: j for j, k in reversed(list(enumerate(sidecar.column(C.KEY).to_pylist())))}
+        lookup = [sidecar_rows.get(k) for k in rows.key]
+        for name in sidecar.column_names:
+            if name == C.KEY:
+                continue
+            column = sidecar.column(name).to_pylist()
+            sidecar_values[name] = [None if j is None else column[j] for j in lookup]
+
+    if layout is None:
+        components = tuple(
+            ext for ext in seen_components
+            if ext not in reserved and ext not in json_values and ext not in sidecar_values
+        )
+        layout = Layout(
+            json_fields=tuple((name, _infer_type(values)) for name, values in json_values.items() if name not in components),
+            sidecar_fields=tuple(
+                (name, sidecar.schema.field(name).type)
+                for name in sidecar_values
+                if name not in reserved and name not in json_values and name not in components
+            ),
+            components=components,
+            with_images=with_images,
+        )
+
+    arrays: dict[str, pa.Array] = {}
+    json_names = {name for name, _ in layout.json_fields}
+    for name, typ in layout.json_fields:
+        values = json_values.pop(name, [None] * n)
+        if name in sidecar_values:  # the same field in .json and sidecar: .json wins, sidecar fills gaps
+            values = [s if v is None else v for v, s in zip(values, sidecar_values.pop(name))]
+        arrays[name] = _typed_column(values, typ, rows, name)
+    for name, typ in layout.sidecar_fields:
+        arrays[name] = _typed_column(sidecar_values.pop(name, [None] * n), typ, rows, name)
+    # whatever is left did not fit the layout: .json values are kept aside (the tar member would
+    # otherwise be lost on rewrite); sidecar copies of reader columns only fill gaps, the sidecar
+    # file itself stays where it is
+    for name, values in json_values.items():
+        for i, value in enumerate(values):
+            if value is not None:
+                rows.extra[i].setdefault(name, value)
+    for name, values in sidecar_values.items():
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            if name in reserved:
+                _fill_gap(rows, i, name, value)
+            else:
+                rows.extra[i].setdefault(name, value)
+
+    extra_members: list[list[tuple[str, bytes]] | None] = []
+    component_values = {ext: [None] * n for ext in layout.components}
+    for i, others in enumerate(rows.components):
+        leftovers = []
+        for ext, data in others.items():
+            if ext in component_values:
+                component_values[ext][i] = data
+            else:
+                leftovers.append((ext, data))
+        extra_members.append(leftovers or None)
+
+    n_fail = len(failures)
+    pad = [None] * n_fail
+    table_columns: dict[str, pa.Array | list] = {
+        C.KEY: rows.key + [f.key for f in failures],
+        C.IMAGE: rows.image + pad,
+        C.IMAGE_EXT: rows.image_ext + pad,
+        C.IMAGE_NBYTES: rows.image_nbytes + pad,
+        C.CAPTION: rows.caption + pad,
+        C.CLS: rows.cls + pad,
+        **{name: _pad(array, n_fail) for name, array in arrays.items()},
+        **{ext: values + pad for ext, values in component_values.items()},
+        C.EXTRA_JSON: pa.array(
+            [json.dumps(e, ensure_ascii=False, default=_json_default) if e else None for e in rows.extra] + pad, pa.string()
+        ).cast(JSON_TEXT),
+        C.EXTRA_MEMBERS: pa.array(extra_members + pad, C.EXTRA_MEMBERS_TYPE),
+        C.SOURCE_SHARD: [shard] * (n + n_fail),
+        C.SOURCE_INDEX: rows.index + pad,
+        C.ERROR: [None] * n + [f.reason for f in failures],
+        C.ERROR_MEMBER: [None] * n + [f.member for f in failures],
+        C.ERROR_DETAIL: [None] * n + [f.detail for f in failures],
+        C.IMAGE_OFFSET: rows.image_offset + pad,
+    }
+    schema = layout.arrow_schema()
+    table = pa.Table.from_arrays(
+        [pa.array(table_columns[f.name], type=f.type) if isinstance(table_columns[f.name], list) else table_columns[f.name]
+         for f in schema],
+        schema=schema,
+    )
+    return table, layout
+
+
+def merge_layouts(layouts: list[Layout]) -> Layout:
+    """One layout holding every field of ``layouts``; a field typed differently becomes JSON text."""
+
+    def merge_fields(groups):
+        merged: dict[str, pa.DataType] = {}
+        for fields in groups:
+            for name, typ in fields:
+                if name not in merged:
+                    merged[name] = typ
+                elif merged[name] != typ:
+                    numeric = pa.types.is_integer(merged[name]) and pa.types.is_floating(typ)
+                    merged[name] = typ if numeric else (merged[name] if pa.types.is_floating(merged[name]) and pa.types.is_integer(typ) else JSON_TEXT)
+        return tuple(merged.items())
+
+    json_fields = merge_fields(layout.json_fields for layout in layouts)
+    json_names = {name for name, _ in json_fields}
+    components = tuple(dict.fromkeys(ext for layout in layouts for ext in layout.components if ext not in json_names))
+    sidecar_fields = tuple(
+        (name, typ) for name, typ in merge_fields(layout.sidecar_fields for layout in layouts)
+        if name not in json_names and name not in components
+    )
+    return Layout(json_fields, sidecar_fields, components, with_images=layouts[0].with_images)
+
+
+def _pad(array: pa.Array, n: int) -> pa.Array:
+    if n == 0:
+        return array
+    return pa.concat_arrays([array, pa.nulls(n, type=array.type)])

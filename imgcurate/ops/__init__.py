@@ -1,0 +1,1 @@
+"""Partition functions: one DataFrame partition in, one out; no Dask, no cluster."""

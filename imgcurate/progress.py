@@ -1,0 +1,56 @@
+"""Run Dask tasks with a progress bar, on a distributed client when one is active."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import dask
+from tqdm.auto import tqdm
+
+log = logging.getLogger("imgcurate")
+
+
+def active_client():
+    """The distributed client in use (``Client(...)`` or ``with Client(...)``), or None."""
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False) -> list[Any]:
+    """Compute Dask collections/delayed objects; with ``progress``, show one bar over them.
+
+    On a distributed client the bar counts finished tasks of ``tasks`` (local and remote
+    clusters alike); on Dask's local schedulers it counts graph tasks.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    client = active_client()
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks)
+        try:
+            with tqdm(total=len(futures), desc=desc, unit="part", disable=not progress) as bar:
+                for _ in as_completed(futures):
+                    bar.update()
+            return client.gather(futures)
+        finally:
+            for future in futures:
+                future.release()
+    if progress:
+        from tqdm.dask import TqdmCallback
+
+        context = TqdmCallback(desc=desc, unit="task")
+    else:
+        context = nullcontext()
+    with context:
+        return list(dask.compute(*tasks))
