@@ -49,11 +49,15 @@ TMP_DIR = "_imgcurate_tmp"
 MARKER = "_imgcurate_incomplete"
 INDEX_FILE = "_index.json"
 MANIFEST_FILE = "_manifest.json"
-FAILURES_FILE = "_failures.parquet"
+# A directory holding one Parquet file, as Spark writes them: a plain file of that name would be
+# matched by read_parquet('out/*.parquet') in DuckDB and break queries over the shards' metadata.
+FAILURES_DIR = "_failures.parquet"
+FAILURES_PART = "part-00000.parquet"
+SUMMARY_FILE = "_metadata"  # the Parquet summary file, so dask.read_parquet(out) reads the shards only
 DROPPED_DIR = "_dropped"
 KEPT, DROPPED = "kept", "dropped"
 SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
-OUR_FILES = {INDEX_FILE, MANIFEST_FILE, FAILURES_FILE, DROPPED_DIR, TMP_DIR, MARKER}
+OUR_FILES = {INDEX_FILE, MANIFEST_FILE, FAILURES_DIR, SUMMARY_FILE, DROPPED_DIR, TMP_DIR, MARKER}
 
 # staged rows say where their image bytes are
 BLOB_URL, BLOB_OFFSET, BLOB_SIZE = "_blob_url", "_blob_offset", "_blob_size"
@@ -143,11 +147,14 @@ def _locate_images(table: pa.Table, spill_url: str, options: WriteOptions) -> pa
     )
 
 
-def _write_parquet(table: pa.Table, url: str, storage_options: dict | None) -> None:
+def _write_parquet(table: pa.Table, url: str, storage_options: dict | None) -> pq.FileMetaData:
+    """Write ``table``; returns its footer (collected into ``_metadata``)."""
     # Arrow-native files: pandas metadata would name dtypes (Arrow's JSON type) pandas cannot parse back
     fs, path = writable_path(url, storage_options)
+    footers: list[pq.FileMetaData] = []
     with fs.open(path, "wb") as f:
-        pq.write_table(table.replace_schema_metadata(None), f, compression="zstd")
+        pq.write_table(table.replace_schema_metadata(None), f, compression="zstd", metadata_collector=footers)
+    return footers[0]
 
 
 def _value_counts(array) -> dict[str, int]:
@@ -375,9 +382,10 @@ def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: 
     metadata = metadata.set_column(metadata.schema.get_field_index(C.KEY), C.KEY, pa.array(keys, pa.string()))
     if not options.remove_image_data:
         metadata = metadata.add_column(1, C.IMAGE, pa.array(images, pa.binary()))
-    _write_parquet(metadata, options.assembled(plan.stream, f"{plan.name}.parquet"), options.storage_options)
+    footer = _write_parquet(metadata, options.assembled(plan.stream, f"{plan.name}.parquet"), options.storage_options)
+    footer.set_file_path(f"{plan.name}.parquet")
     return {"stream": plan.stream, "number": plan.number, "samples": len(rows), "bytes": sink.size,
-            "renames": [{**r, "shard": f"{plan.name}.tar"} for r in renames]}
+            "renames": [{**r, "shard": f"{plan.name}.tar"} for r in renames], "footer": footer}
 
 
 def assemble_shards(plans: list[ShardPlan], options: WriteOptions) -> list[dict[str, Any]]:
@@ -459,6 +467,19 @@ def _publish(options: WriteOptions, results: list[dict[str, Any]], fs, root: str
                 fs.mv(filesystem(options.assembled(stream, name), options.storage_options)[1], f"{directory}/{name}")
     if not new_names[DROPPED] and fs.exists(f"{root}/{DROPPED_DIR}"):
         fs.rm(f"{root}/{DROPPED_DIR}", recursive=True)
+
+
+def _write_summary(fs, directory: str, results: list[dict[str, Any]]) -> None:
+    """The ``_metadata`` file: every shard's Parquet footer, with its relative path."""
+    if fs.exists(f"{directory}/{SUMMARY_FILE}"):
+        fs.rm(f"{directory}/{SUMMARY_FILE}")
+    if not results:
+        return
+    summary = results[0]["footer"]
+    for result in results[1:]:
+        summary.append_row_groups(result["footer"])
+    with fs.open(f"{directory}/{SUMMARY_FILE}", "wb") as f:
+        summary.write_metadata_file(f)
 
 
 def _collect_failures(options: WriteOptions, stats: list[dict[str, Any]]) -> pa.Table:
@@ -579,7 +600,11 @@ def write_webdataset(
     }
     with fs.open(f"{root}/{INDEX_FILE}", "wb") as f:
         f.write(json.dumps(index, indent=1).encode())
-    _write_parquet(_collect_failures(options, stats), options.url(FAILURES_FILE), storage_options)
+    if fs.exists(f"{root}/{FAILURES_DIR}"):
+        fs.rm(f"{root}/{FAILURES_DIR}", recursive=True)
+    _write_parquet(_collect_failures(options, stats), options.url(FAILURES_DIR, FAILURES_PART), storage_options)
+    for stream, directory in ((KEPT, root), (DROPPED, f"{root}/{DROPPED_DIR}")):
+        _write_summary(fs, directory, sorted((r for r in results if r["stream"] == stream), key=lambda r: r["number"]))
 
     counts = _counts(stats, results)
     renames = [r for result in kept for r in result["renames"]]

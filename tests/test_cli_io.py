@@ -1,0 +1,66 @@
+"""The reshard, export, inspect and demo commands, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import webdataset as wds
+
+from imgcurate.cli import main
+
+
+def keys_in(directory: Path) -> list[str]:
+    shards = sorted(str(p) for p in Path(directory).glob("*.tar"))
+    return [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+
+
+def test_reshard_and_export(tmp_path, photo_dataset, capsys):
+    directory, samples = photo_dataset
+    assert main(["reshard", str(directory), "-o", str(tmp_path / "r"), "--images-per-tar", "8", "--scheduler", "threads"]) == 0
+    assert keys_in(tmp_path / "r") == [s["key"] for s in samples]
+    assert "wrote 30 samples in 4 shards" in capsys.readouterr().out
+
+    code = main(["export", str(directory), "-o", str(tmp_path / "e"), "--where", "width > height AND license = 'LGPL'",
+                 "--images-per-tar", "3", "--scheduler", "threads", "--no-progress"])
+    assert code == 0
+    expected = [s["key"] for s in samples if s["json"]["landscape"] and int(s["key"]) % 2]
+    assert keys_in(tmp_path / "e") == expected
+    manifest = json.loads((tmp_path / "e" / "_manifest.json").read_text())
+    assert manifest["counts"]["dropped_by_stage"] == {"where": 30 - len(expected)}
+
+
+def test_errors_are_one_line_and_exit_non_zero(tmp_path, photo_dataset, capsys):
+    directory, _ = photo_dataset
+    assert main(["export", str(directory), "-o", str(tmp_path / "e"), "--where", "no_such_column > 1", "--scheduler", "threads"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgcurate export: error:") and "no_such_column" in err
+    assert main(["reshard", str(tmp_path / "missing"), "-o", str(tmp_path / "x"), "--scheduler", "threads"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    main(["reshard", str(directory), "-o", str(tmp_path / "r"), "--scheduler", "threads", "--no-progress"])
+    assert main(["reshard", str(directory), "-o", str(tmp_path / "r"), "--scheduler", "threads"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_inspect(tmp_path, photo_dataset, capsys):
+    directory, _ = photo_dataset
+    assert main(["inspect", str(directory), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards"] == 3 and report["samples"] == 30
+    assert report["bytes"] == sum(os.path.getsize(directory / f"{i:05d}.tar") for i in range(3))
+    assert report["columns"]["width"] == "int64[pyarrow]"
+    assert main(["inspect", str(directory)]) == 0
+    assert "3 shards, 30 samples" in capsys.readouterr().out
+
+
+def test_console_script_help_for_every_command():
+    script = Path(sys.executable).parent / "imgcurate"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    commands = [c for c in ("reshard", "export", "inspect", "sample-data", "demo") if c in out]
+    assert len(commands) == 5
+    for command in commands:
+        result = subprocess.run([str(script), command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: imgcurate " + command in result.stdout

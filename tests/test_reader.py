@@ -1,0 +1,178 @@
+"""read_webdataset: partitions, columns, types, sidecars, path forms, and WebDataset rules."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+import imgcurate
+from imgcurate.io.reader import read_webdataset
+
+from conftest import write_tar
+
+
+def test_one_partition_per_shard_in_order_with_all_columns(photo_dataset):
+    directory, samples = photo_dataset
+    df = read_webdataset(directory)
+    assert df.npartitions == 3
+    frame = df.compute()
+    assert frame.key.tolist() == [s["key"] for s in samples]
+    assert [bytes(b) for b in frame.image] == [s["image"] for s in samples]
+    assert frame.image_ext.tolist() == [s["ext"] for s in samples]
+    assert frame.caption.tolist() == [s["caption"] for s in samples]
+    assert frame.image_nbytes.tolist() == [len(s["image"]) for s in samples]
+    assert frame.source_shard.tolist() == [str(directory / f"{s['shard']:05d}.tar") for s in samples]
+    assert frame.groupby("source_shard").source_index.apply(list).tolist() == [list(range(10))] * 3
+    assert frame.error.isna().all()
+    # the image can be found again by byte range in its shard
+    row = frame.iloc[13]
+    with open(row.source_shard, "rb") as f:
+        f.seek(row._image_offset)
+        assert f.read(row.image_nbytes) == samples[13]["image"]
+
+
+def test_json_fields_are_typed_columns_and_nested_values_are_json(photo_dataset):
+    directory, samples = photo_dataset
+    df = read_webdataset(directory)
+    assert str(df.dtypes["width"]) == "int64[pyarrow]"
+    assert str(df.dtypes["score"]) == "double[pyarrow]"
+    assert str(df.dtypes["landscape"]) == "bool[pyarrow]"
+    assert str(df.dtypes["name"]) == "string"
+    assert df.dtypes["info"] == pd.ArrowDtype(pa.json_())
+    frame = df.compute()
+    assert frame.width.tolist() == [s["json"]["width"] for s in samples]
+    assert [json.loads(v) for v in frame["info"]] == [s["json"]["info"] for s in samples]
+    # a mask on metadata is plain pandas
+    wide = frame[frame.width > frame.height]
+    assert set(wide.key) == {s["key"] for s in samples if s["json"]["landscape"]}
+
+
+def test_sidecar_parquet_is_joined_on_key(photo_dataset):
+    directory, samples = photo_dataset
+    frame = read_webdataset(directory).compute()
+    assert frame.url.tolist()[:2] == ["https://example.invalid/altai.jpg", "https://example.invalid/autumn.jpg"]
+    assert frame.license.tolist() == ["LGPL" if i % 2 else "CC-BY-SA" for i in range(30)]
+    # img2dataset's rows for failed downloads have no tar members and make no samples
+    assert len(frame) == 30 and not frame.key.str.endswith("9999").any()
+    assert "url" not in read_webdataset(directory, sidecar_parquet=False).columns
+    os.remove(directory / "00001.parquet")
+    with pytest.raises(FileNotFoundError, match="00001.parquet"):
+        read_webdataset(directory, sidecar_parquet=True)
+
+
+def test_path_forms_select_the_same_shards(photo_dataset):
+    directory, _ = photo_dataset
+    expected = [str(directory / f"{i:05d}.tar") for i in range(3)]
+    for urlpath in (str(directory), str(directory / "*.tar"), str(directory / "{00000..00002}.tar"),
+                    [str(directory / "00000.tar"), str(directory / "00001.tar"), str(directory / "00002.tar")],
+                    f"file://{directory}/{{00000..00002}}.tar"):
+        df = read_webdataset(urlpath, with_images=False)
+        assert sorted(df.source_shard.unique().compute()) == expected, urlpath
+    assert read_webdataset([str(directory / "00002.tar"), str(directory / "00000.tar")],
+                           with_images=False).source_shard.compute().iloc[0].endswith("00002.tar")
+
+
+def test_bad_paths_fail_clearly(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_webdataset(tmp_path / "nope.tar")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no shards"):
+        read_webdataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="named twice"):
+        read_webdataset([directory / "00000.tar", directory / "00000.tar"])
+    with pytest.raises(ValueError, match="on_error"):
+        read_webdataset(directory, on_error="ignore")
+
+
+def test_without_images_no_bytes_are_loaded(photo_dataset):
+    directory, samples = photo_dataset
+    df = read_webdataset(directory, with_images=False)
+    assert "image" not in df.columns
+    frame = df.compute()
+    assert frame.image_nbytes.tolist() == [len(s["image"]) for s in samples]
+    assert frame.width.tolist() == [s["json"]["width"] for s in samples]
+
+
+def test_shared_testdata_compressed_shards_directories_and_gz_members(wds_testdata):
+    frame = read_webdataset(wds_testdata / "sample.tgz").compute()
+    expected = list(wds.WebDataset(str(wds_testdata / "sample.tgz"), shardshuffle=False))
+    assert frame.key.tolist() == [s["__key__"] for s in expected]
+    assert [bytes(b) for b in frame.image] == [s["png"] for s in expected]
+    assert frame.cls.tolist() == [int(s["cls"]) for s in expected]
+    assert frame.error.isna().all()
+
+    frame = read_webdataset(wds_testdata / "compressed.tar").compute()
+    # the directory member is ignored; .txt.gz members are inflated into captions
+    assert frame.key.tolist() == ["compressed/0001", "compressed/0002", "compressed/0003"]
+    assert frame.caption.tolist() == ["hello\n", "world\n", "gzip\n"]
+    assert frame.image_ext.isna().all()
+
+
+def test_webdataset_grouping_rules(tmp_path):
+    members = [
+        ("./a.jpg", b"A"), ("./a.seg.png", b"SEG"), ("./a.TXT", b"cap a"),
+        ("dir/b.jpg", b"B"), ("dir/b.json", b'{"n": 1}'),
+        ("a.jpg", b"A2"),  # the same key again, later: a second sample
+        ("c.jpg", b"C1"), ("c.jpg", b"C2"),  # the same member twice in a row: two samples
+        ("d.png", b"D"), ("d.jpg", b"DJ"),  # two images: the first is the image, the second a component
+    ]
+    write_tar(tmp_path / "x.tar", members)
+    frame = read_webdataset(tmp_path / "x.tar").compute()
+    assert frame.key.tolist() == ["a", "dir/b", "a", "c", "c", "d"]
+    assert [bytes(b) for b in frame.image] == [b"A", b"B", b"A2", b"C1", b"C2", b"D"]
+    assert frame.caption.tolist()[0] == "cap a"  # extensions are lower-cased
+    assert bytes(frame["seg.png"].iloc[0]) == b"SEG"
+    assert bytes(frame["jpg"].iloc[5]) == b"DJ" and frame.image_ext.iloc[5] == "png"
+
+
+def test_layout_from_first_shard_keeps_everything_else_aside(tmp_path):
+    write_tar(tmp_path / "0.tar", [("a.jpg", b"A"), ("a.json", b'{"w": 1, "tag": "x"}')])
+    write_tar(tmp_path / "1.tar", [("b.jpg", b"B"), ("b.json", b'{"w": "wide", "new": [1, 2], "caption": "from json"}'),
+                                   ("b.depth.png", b"DEPTH")])
+    frame = read_webdataset(tmp_path).compute().set_index("key")
+    assert pd.isna(frame.loc["b", "w"]) and frame.loc["a", "w"] == 1
+    assert json.loads(frame.loc["b", "extra_json"]) == {"w": "wide", "new": [1, 2]}
+    assert frame.loc["b", "caption"] == "from json"  # fills the missing .txt
+    assert dict(frame.loc["b", "extra_members"]) == {"depth.png": b"DEPTH"}
+    # reading two shards for the layout makes them columns instead
+    frame = read_webdataset(tmp_path, layout_shards=2).compute().set_index("key")
+    assert frame.dtypes["w"] == pd.ArrowDtype(pa.json_())
+    assert json.loads(frame.loc["b", "w"]) == "wide" and json.loads(frame.loc["a", "w"]) == 1
+    assert bytes(frame.loc["b", "depth.png"]) == b"DEPTH"
+
+
+def test_failure_rows_and_policies(tmp_path):
+    write_tar(tmp_path / "bad.tar", [("ok.jpg", b"OK"), ("ok.txt", b"\xff\xfe not utf-8"), ("j.jpg", b"J"), ("j.json", b"{nope")])
+    frame = read_webdataset(tmp_path / "bad.tar").compute()
+    good = frame[frame.error.isna()]
+    assert good.key.tolist() == ["ok", "j"] and good.caption.isna().all()
+    failures = frame[frame.error.notna()]
+    assert failures.error.tolist() == ["invalid_caption", "invalid_json"]
+    assert failures.error_member.tolist() == ["ok.txt", "j.json"]
+    assert read_webdataset(tmp_path / "bad.tar", on_error="skip").compute().key.tolist() == ["ok", "j"]
+    with pytest.raises(imgcurate.errors.SampleError, match="invalid_caption"):
+        read_webdataset(tmp_path / "bad.tar", on_error="raise").compute()
+
+
+def test_dask_string_conversion_leaves_bytes_alone(photo_dataset):
+    import dask
+
+    directory, samples = photo_dataset
+    with dask.config.set({"dataframe.convert-string": True}):
+        frame = read_webdataset(directory).compute()
+    assert bytes(frame.image.iloc[0]) == samples[0]["image"]
+    assert str(frame.dtypes["image"]) == "binary[pyarrow]"
+
+
+def test_sidecar_without_key_is_reported(tmp_path):
+    write_tar(tmp_path / "0.tar", [("a.jpg", b"A")])
+    pq.write_table(pa.table({"name": ["a"]}), tmp_path / "0.parquet")
+    frame = read_webdataset(tmp_path).compute()
+    assert frame.error.dropna().tolist() == ["invalid_sidecar"]

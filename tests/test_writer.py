@@ -1,0 +1,243 @@
+"""write_webdataset: exact resharding, byte-identical copies, metadata, determinism, publishing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import dask.dataframe as dd
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from imgcurate.dataframe import mark_where, where
+from imgcurate.errors import OutputExistsError
+from imgcurate.io.reader import read_webdataset
+from imgcurate.io.writer import MARKER, TMP_DIR, plan_shards, unique_keys, write_webdataset
+
+from conftest import build_photo_dataset, write_tar
+
+
+def tars(directory: Path) -> list[str]:
+    return sorted(str(p) for p in Path(directory).glob("*.tar"))
+
+
+def read_back(directory: Path) -> list[dict]:
+    return list(wds.WebDataset(tars(directory), shardshuffle=False))
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != "_manifest.json"}
+
+
+@pytest.mark.parametrize("images_per_tar", [1, 7, 10, 11, 30, 31, 1000])
+@pytest.mark.parametrize("with_images", [False, True])
+def test_exact_shard_sizes_and_same_samples(tmp_path, photo_dataset, images_per_tar, with_images):
+    directory, samples = photo_dataset
+    out = tmp_path / "out"
+    result = write_webdataset(read_webdataset(directory, with_images=with_images), out, images_per_tar=images_per_tar)
+    sizes = [sum(1 for _ in wds.WebDataset(t, shardshuffle=False)) for t in tars(out)]
+    expected_shards = -(-30 // images_per_tar)
+    assert len(sizes) == expected_shards == result.shards
+    assert sizes[:-1] == [images_per_tar] * (expected_shards - 1) and 0 < sizes[-1] <= images_per_tar
+    back = read_back(out)
+    assert [s["__key__"] for s in back] == [s["key"] for s in samples]
+    assert [s[x["ext"]] for s, x in zip(back, samples)] == [x["image"] for x in samples]
+    assert [s["txt"].decode() for s in back] == [x["caption"] for x in samples]
+    docs = [json.loads(s["json"]) for s in back]
+    assert [d["width"] for d in docs] == [x["json"]["width"] for x in samples]
+    assert [d["info"] for d in docs] == [x["json"]["info"] for x in samples]  # nested JSON restored, not a string
+    assert docs[0]["license"] == "CC-BY-SA"  # sidecar columns travel into the sample's JSON too
+    index = json.loads((out / "_index.json").read_text())
+    assert index["__kind__"] == "wids-shard-index-v1" and index["wids_version"] == 1
+    assert [e["nsamples"] for e in index["shardlist"]] == sizes
+    assert [e["url"] for e in index["shardlist"]] == [Path(t).name for t in tars(out)]
+
+
+def test_parquet_metadata_matches_tars_and_is_readable(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    out = tmp_path / "out"
+    write_webdataset(read_webdataset(directory), out, images_per_tar=8)
+    for tar in tars(out):
+        table = pq.read_table(tar.replace(".tar", ".parquet"))
+        assert table.column("key").to_pylist() == [s["__key__"] for s in wds.WebDataset(tar, shardshuffle=False)]
+        assert "image" not in table.column_names and "_image_offset" not in table.column_names
+        assert "error" not in table.column_names
+    frame = dd.read_parquet(str(out)).compute()
+    assert frame.key.tolist() == [s["key"] for s in samples]
+    assert pd.read_parquet(out / "00000.parquet").width.tolist() == [s["json"]["width"] for s in samples[:8]]
+    [(count, max_width)] = duckdb.sql(f"SELECT count(*), max(width) FROM read_parquet('{out}/*.parquet')").fetchall()
+    assert count == 30 and max_width == max(s["json"]["width"] for s in samples)
+
+
+def test_keep_image_bytes_in_parquet(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    out = tmp_path / "out"
+    write_webdataset(read_webdataset(directory, with_images=False), out, images_per_tar=12, remove_image_data=False)
+    frame = dd.read_parquet(str(out)).compute()
+    assert [bytes(b) for b in frame.image] == [s["image"] for s in samples]
+
+
+def test_tar_headers_are_plain_and_deterministic(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    write_webdataset(read_webdataset(directory, with_images=False), tmp_path / "a", images_per_tar=9)
+    write_webdataset(read_webdataset(directory, with_images=True), tmp_path / "b", images_per_tar=9)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    for tar in tars(tmp_path / "a"):
+        with tarfile.open(tar) as t:
+            for info in t.getmembers():
+                assert not info.pax_headers and info.mtime == 0 and info.uid == 0 and info.type == tarfile.REGTYPE
+
+
+def test_order_crosses_partitions_and_filters_that_empty_partitions(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    df = read_webdataset(directory, with_images=False)
+    kept = where(df, "source_shard NOT LIKE '%00001.tar' AND width % 2 = 0")
+    result = write_webdataset(kept, tmp_path / "out", images_per_tar=4)
+    expected = [s["key"] for s in samples if s["shard"] != 1 and s["json"]["width"] % 2 == 0]
+    assert [s["__key__"] for s in read_back(tmp_path / "out")] == expected
+    assert result.samples == len(expected)
+
+
+def test_nothing_left_writes_no_shards_and_says_zero(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    result = write_webdataset(where(read_webdataset(directory), "width < 0"), tmp_path / "out", images_per_tar=5)
+    assert result.shards == 0 and tars(tmp_path / "out") == []
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["counts"]["written"] == 0 and manifest["shards"] == []
+    assert json.loads((tmp_path / "out" / "_index.json").read_text())["shardlist"] == []
+
+
+def test_marked_rows_are_counted_and_kept_aside_on_request(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    df = mark_where(read_webdataset(directory), "width > height", stage="landscape-only")
+    result = write_webdataset(df, tmp_path / "out", images_per_tar=5, keep_dropped=True)
+    landscape = [s["key"] for s in samples if s["json"]["landscape"]]
+    portrait = [s["key"] for s in samples if not s["json"]["landscape"]]
+    assert [s["__key__"] for s in read_back(tmp_path / "out")] == landscape
+    assert [s["__key__"] for s in read_back(tmp_path / "out" / "_dropped")] == portrait
+    dropped_meta = dd.read_parquet(str(tmp_path / "out" / "_dropped")).compute()
+    assert set(dropped_meta.dropped_by) == {"landscape-only"}
+    counts = result.counts
+    assert counts["read"] == 30 and counts["written"] == len(landscape)
+    assert counts["dropped_by_stage"] == {"landscape-only": len(portrait)}
+    assert counts["read"] == counts["written"] + counts["dropped"] + counts["failed"]
+
+
+def test_duplicate_keys_are_renamed_deterministically_and_reported(tmp_path, photos):
+    write_tar(tmp_path / "in" / "0.tar" if (tmp_path / "in").mkdir() is None else None,
+              [("x.jpg", photos[0].read_bytes()), ("y.jpg", photos[1].read_bytes())])
+    write_tar(tmp_path / "in" / "1.tar", [("x.jpg", photos[2].read_bytes()), ("x_1.jpg", photos[3].read_bytes())])
+    result = write_webdataset(read_webdataset(tmp_path / "in"), tmp_path / "out", images_per_tar=10)
+    back = read_back(tmp_path / "out")
+    keys = [s["__key__"] for s in back]
+    assert keys == ["x", "y", "x_2", "x_1"]  # x_1 is taken by a real key, so the copy of x becomes x_2
+    assert [s["jpg"] for s in back] == [p.read_bytes() for p in photos[:4]]
+    assert result.manifest["renamed_keys"] == [
+        {"key": "x", "written_as": "x_2", "reason": "duplicate key in shard", "shard": "00000.tar"}]
+    # in different output shards the same key needs no rename
+    write_webdataset(read_webdataset(tmp_path / "in"), tmp_path / "out2", images_per_tar=2)
+    assert [s["__key__"] for s in read_back(tmp_path / "out2")] == ["x", "y", "x", "x_1"]
+
+
+def test_unsafe_keys_from_user_frames_are_made_safe():
+    keys, renames = unique_keys(["../etc/passwd", "/abs/key", "a.b", None, "ok", "ok"])
+    assert keys == ["etc/passwd", "abs/key", "a_b", "sample", "ok", "ok_1"]
+    assert len(renames) == 5
+
+
+def test_plan_cuts_across_partitions():
+    plans = plan_shards([3, 0, 5, 2], images_per_tar=4, stream="kept")
+    assert [p.pieces for p in plans] == [((0, 0, 3), (2, 0, 1)), ((2, 1, 5),), ((3, 0, 2),)]
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    df = read_webdataset(directory, with_images=False)
+    write_webdataset(df, tmp_path / "out", images_per_tar=10)
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        write_webdataset(df, tmp_path / "out", images_per_tar=10)
+    write_webdataset(df, tmp_path / "out", images_per_tar=25, overwrite=True)
+    assert [p.name for p in sorted((tmp_path / "out").glob("*.tar"))] == ["00000.tar", "00001.tar"]
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="did not write"):
+        write_webdataset(df, tmp_path / "out", images_per_tar=10, overwrite=True)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_output_inside_input_is_refused_before_touching_inputs(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    before = digest(directory)
+    with pytest.raises(OutputExistsError):
+        write_webdataset(read_webdataset(directory, with_images=False), directory, images_per_tar=10, overwrite=True)
+    assert digest(directory) == before
+
+
+def test_interrupted_run_is_recognised_and_replaced(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    df = read_webdataset(directory, with_images=False)
+    write_webdataset(df, tmp_path / "clean", images_per_tar=7)
+    out = tmp_path / "out"
+    # what a run killed while assembling leaves behind: the marker, staging files, no manifest
+    (out / TMP_DIR / "kept").mkdir(parents=True)
+    (out / TMP_DIR / "kept" / "p000000.parquet").write_bytes(b"half written")
+    (out / MARKER).write_text("{}")
+    (out / "00000.tar").write_bytes(b"partial")
+    result = write_webdataset(df, out, images_per_tar=7)
+    assert result.manifest["replaced"] == "interrupted run"
+    assert digest(out) == digest(tmp_path / "clean")
+    assert not (out / MARKER).exists() and not (out / TMP_DIR).exists()
+
+
+def test_invalid_images_per_tar(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="images_per_tar"):
+            write_webdataset(read_webdataset(directory), tmp_path / "out", images_per_tar=bad)
+
+
+def test_failures_are_listed_not_written(tmp_path, photos):
+    (tmp_path / "in").mkdir()
+    write_tar(tmp_path / "in" / "0.tar", [("a.jpg", photos[0].read_bytes()), ("a.json", b"{broken"),
+                                         ("../evil.jpg", b"x"), ("b.jpg", photos[1].read_bytes())])
+    (tmp_path / "in" / "1.tar").write_bytes(b"this is not a tar" * 64)
+    result = write_webdataset(read_webdataset(tmp_path / "in"), tmp_path / "out", images_per_tar=10)
+    assert [s["__key__"] for s in read_back(tmp_path / "out")] == ["a", "b"]
+    failures = pd.read_parquet(tmp_path / "out" / "_failures.parquet")
+    assert sorted(failures.error) == ["invalid_json", "not_a_tar", "unsafe_member_name"]
+    assert set(failures.error_member.dropna()) == {"a.json", "../evil.jpg"}
+    assert result.counts["rejected_members_by_reason"] == {"invalid_json": 1, "unsafe_member_name": 1}
+    assert result.counts["rejected_shards_by_reason"] == {"not_a_tar": 1}
+    assert result.counts["read"] == 2 == result.counts["written"]
+
+
+def test_many_partitions_bounded_tasks(tmp_path, photos):
+    # 12 single-sample shards into 5-sample outputs: plans span many partitions
+    (tmp_path / "in").mkdir()
+    for i, photo in enumerate(photos[:12]):
+        write_tar(tmp_path / "in" / f"{i:03d}.tar", [(f"{i:03d}.jpg", photo.read_bytes())])
+    write_webdataset(read_webdataset(tmp_path / "in", with_images=False), tmp_path / "out", images_per_tar=5)
+    back = read_back(tmp_path / "out")
+    assert [s["jpg"] for s in back] == [p.read_bytes() for p in photos[:12]]
+    assert os.listdir(tmp_path / "out").count("00002.tar") == 1
+
+
+def test_rewrite_of_an_output_round_trips(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    write_webdataset(read_webdataset(directory), tmp_path / "one", images_per_tar=8)
+    write_webdataset(read_webdataset(tmp_path / "one"), tmp_path / "two", images_per_tar=8)
+    one, two = read_back(tmp_path / "one"), read_back(tmp_path / "two")
+    assert [(s["__key__"], s["txt"], s["json"]) for s in one] == [(s["__key__"], s["txt"], s["json"]) for s in two]
+
+
+def test_bigger_photo_dataset_in_many_shards(tmp_path, photos):
+    directory = tmp_path / "many"
+    samples = build_photo_dataset(directory, photos, shards=6, sidecar=False)
+    write_webdataset(read_webdataset(directory, with_images=False), tmp_path / "out", images_per_tar=4)
+    assert [s["__key__"] for s in read_back(tmp_path / "out")] == [s["key"] for s in samples]
