@@ -78,6 +78,15 @@ def test_path_forms_select_the_same_shards(photo_dataset):
                            with_images=False).source_shard.compute().iloc[0].endswith("00002.tar")
 
 
+def test_symlinked_shards_in_a_directory(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    links = tmp_path / "links"
+    links.mkdir()
+    for i in range(3):
+        (links / f"{i:05d}.tar").symlink_to(directory / f"{i:05d}.tar")
+    assert read_webdataset(links, with_images=False).key.compute().tolist() == [s["key"] for s in samples]
+
+
 def test_bad_paths_fail_clearly(tmp_path, photo_dataset):
     directory, _ = photo_dataset
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -146,6 +155,18 @@ def test_layout_from_first_shard_keeps_everything_else_aside(tmp_path):
     assert frame.dtypes["w"] == pd.ArrowDtype(pa.json_())
     assert json.loads(frame.loc["b", "w"]) == "wide" and json.loads(frame.loc["a", "w"]) == 1
     assert bytes(frame.loc["b", "depth.png"]) == b"DEPTH"
+
+
+def test_values_that_do_not_fit_their_column_are_kept_exactly(tmp_path):
+    docs = [{"n": 1, "x": 1.5, "flag": True}, {"n": 2.5, "x": 2, "flag": 1}, {"n": True, "x": False, "flag": "yes"},
+            {"n": 2**70, "x": None, "flag": None}]
+    write_tar(tmp_path / "0.tar", [(f"{i}.json", json.dumps(d).encode()) for i, d in enumerate(docs)][:1])
+    write_tar(tmp_path / "1.tar", [(f"{i}.json", json.dumps(d).encode()) for i, d in enumerate(docs)][1:])
+    frame = read_webdataset(tmp_path).compute()
+    assert frame.n.tolist()[:1] == [1] and frame.n.isna().tolist()[1:] == [True, True, True]
+    assert frame.x.tolist()[:2] == [1.5, 2.0] and pd.isna(frame.x.iloc[2])
+    assert [json.loads(e) if isinstance(e, str) else None for e in frame.extra_json] == [
+        None, {"n": 2.5, "flag": 1}, {"n": True, "x": False, "flag": "yes"}, {"n": 2**70}]
 
 
 def test_failure_rows_and_policies(tmp_path):

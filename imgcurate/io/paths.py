@@ -79,7 +79,7 @@ def _expand_one(pattern: str, storage_options: dict | None, suffixes: tuple[str,
     if fs.isdir(path):
         listing = sorted(
             entry["name"] for entry in fs.ls(path, detail=True)
-            if entry["type"] == "file" and entry["name"].endswith(suffixes)
+            if entry["name"].endswith(suffixes) and (entry["type"] == "file" or fs.isfile(entry["name"]))  # symlinks too
         )
         if not listing:
             raise FileNotFoundError(f"directory {pattern!r} holds no shards ({', '.join(suffixes)})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 from .. import columns as C
 from ..backend import Backend, resolve_backend
 from ..errors import Failure, OnError, apply_policy, check_on_error
-from .paths import expand_shards, filesystem, sidecar_url
+from .paths import expand_shards, filesystem, is_local_fs, sidecar_url
 from .samples import Sample, iter_samples
 from .schema import Layout, merge_layouts, shard_table
 from .tar import is_compressed_shard, open_shard_stream
@@ -37,8 +38,12 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
     fs, path = filesystem(task.url, task.storage_options)
     try:
         total_size = None if is_compressed_shard(task.url) else fs.size(path)
-        with fs.open(path, "rb") as raw:
+        # local files without fsspec's per-read wrapper: the scan makes thousands of small reads
+        with (open(path, "rb") if is_local_fs(fs) else fs.open(path, "rb")) as raw:
             stream = open_shard_stream(raw, task.url)
+            if task.with_images:
+                # every byte is wanted: one large read instead of one per member
+                stream = io.BytesIO(stream.read())
             for item in iter_samples(stream, task.url, with_images=task.with_images, total_size=total_size):
                 (failures if isinstance(item, Failure) else samples).append(item)
     except OSError as exc:  # the file itself could not be opened or read (not a format problem)

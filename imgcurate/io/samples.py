@@ -74,12 +74,20 @@ def iter_samples(
     """Yield the samples of one shard in order, interleaved with failures."""
     current: Sample | None = None
     index = 0
+    parsed: dict[str, tuple[str | None, tuple[str, str] | None]] = {}  # raw name -> (name, (key, ext)); one entry
+
+    def parse(raw_name: str) -> tuple[str | None, tuple[str, str] | None]:
+        # want_data and the loop below both need the parsed name: parse each member once
+        if raw_name not in parsed:
+            parsed.clear()
+            name = normalize_member_name(raw_name)
+            parsed[raw_name] = (name, split_key(name) if name else None)
+        return parsed[raw_name]
 
     def want_data(raw_name: str) -> bool:
         if with_images:
             return True
-        name = normalize_member_name(raw_name)
-        parts = split_key(name) if name else None
+        parts = parse(raw_name)[1]
         if parts is None:
             return True
         key, ext = parts
@@ -111,7 +119,7 @@ def iter_samples(
 
         if member.kind == DIRECTORY:
             continue
-        name = normalize_member_name(member.name)
+        name, parts = parse(member.name)
         if name is None:
             yield Failure("unsafe_member_name", "member path is absolute, contains '..' or is not UTF-8",
                           shard=shard, member=_printable(member.name))
@@ -120,7 +128,6 @@ def iter_samples(
             reason = "special_member" if member.kind == SPECIAL else "link_member"
             yield Failure(reason, f"{member.kind} member is not followed", shard=shard, member=name)
             continue
-        parts = split_key(name)
         if parts is None:
             yield Failure("no_extension", "member name has no extension, so it belongs to no sample",
                           shard=shard, member=name)

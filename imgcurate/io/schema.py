@@ -152,11 +152,31 @@ def _infer_type(values: list[Any]) -> pa.DataType:
     return typ
 
 
+_INT64_RANGE = range(-(2**63), 2**63)
+
+
 def _fits(value: Any, typ: pa.DataType) -> bool:
+    """Whether ``value`` converts to ``typ`` without loss.
+
+    Checked by Python type first: Arrow's own conversion truncates 2.5 into an int64 column and
+    turns True into 1.0, silently.
+    """
     if typ == JSON_TEXT:
         return True
-    if isinstance(value, bool) != pa.types.is_boolean(typ):
+    if isinstance(value, bool):
+        return pa.types.is_boolean(typ)
+    if pa.types.is_boolean(typ):
         return False
+    if pa.types.is_integer(typ):
+        return isinstance(value, int) and (typ != pa.int64() or value in _INT64_RANGE) and _converts(value, typ)
+    if pa.types.is_floating(typ):
+        return isinstance(value, (int, float))
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return isinstance(value, str)
+    return _converts(value, typ)
+
+
+def _converts(value: Any, typ: pa.DataType) -> bool:
     try:
         pa.scalar(value, type=typ)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):

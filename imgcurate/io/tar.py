@@ -66,10 +66,11 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _number(header[148:156])
     except ValueError:
         return False
-    # The checksum field counts as eight spaces; old writers summed signed chars.
-    unsigned = 256 + sum(struct.unpack_from("148B8x356B", header))
-    signed = 256 + sum(struct.unpack_from("148b8x356b", header))
-    return stored in (unsigned, signed)
+    # The checksum field counts as eight spaces.
+    if stored == sum(header) - sum(header[148:156]) + 256:
+        return True
+    # Some old writers summed signed chars.
+    return stored == 256 + sum(struct.unpack_from("148b8x356b", header))
 
 
 def _cstring(field: bytes) -> bytes:
@@ -227,11 +228,22 @@ def _raw_header(name: bytes, size: int, typeflag: bytes, prefix: bytes = b"") ->
     return bytes(header)
 
 
+_BLANK = _raw_header(b"", 0, b"0")
+_BLANK_SUM = sum(_BLANK[:148]) + 256 + sum(_BLANK[156:])
+
+
 def member_header(name: str, size: int) -> bytes:
     """The header block(s) for a regular file ``name`` of ``size`` bytes."""
     encoded = name.encode("utf-8")
-    if len(encoded) <= 100:
-        return _raw_header(encoded, size, b"0")
+    if len(encoded) <= 100 and size < 8**11:
+        # the common case, on the write hot path: patch name and size into a blank header
+        header = bytearray(_BLANK)
+        header[0 : len(encoded)] = encoded
+        size_field = b"%011o\0" % size
+        header[124:136] = size_field
+        checksum = _BLANK_SUM + sum(encoded) + sum(size_field) - sum(_BLANK[124:136])
+        header[148:155] = b"%06o\0" % checksum
+        return bytes(header)
     split = encoded.rfind(b"/", 0, 156)
     if 0 < split and len(encoded) - split - 1 <= 100:
         return _raw_header(encoded[split + 1 :], size, b"0", prefix=encoded[:split])
