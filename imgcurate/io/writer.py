@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import dask
 import pyarrow as pa
@@ -421,13 +421,15 @@ def _entries(fs, root: str) -> list[str]:
     return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(root, detail=False)] if fs.isdir(root) else []
 
 
-def prepare_output_dir(fs, root: str, overwrite: bool) -> str:
-    """Check the output directory before any work; returns what is being replaced ("", "interrupted run", "previous output")."""
+def check_output_dir(fs, root: str, overwrite: bool) -> str:
+    """What writing to ``root`` would replace ("", "interrupted run", "previous output").
+
+    Raises :class:`OutputExistsError` where writing is refused; changes nothing.
+    """
     if fs.exists(root) and not fs.isdir(root):
         raise NotADirectoryError(f"output {root!r} exists and is not a directory")
     names = _entries(fs, root)
     if not names:
-        fs.makedirs(root, exist_ok=True)
         return ""
     foreign = sorted(n for n in names if n not in OUR_FILES and not SHARD_FILE.match(n))
     interrupted = MARKER in names
@@ -440,9 +442,16 @@ def prepare_output_dir(fs, root: str, overwrite: bool) -> str:
             f"output directory {root!r} holds files imgcurate did not write ({', '.join(foreign[:5])}"
             f"{', …' if len(foreign) > 5 else ''}); refusing to replace it, choose another directory"
         )
+    return "interrupted run" if interrupted else "previous output"
+
+
+def prepare_output_dir(fs, root: str, overwrite: bool) -> str:
+    """:func:`check_output_dir`, then create the directory and clear staging left by an interrupted run."""
+    replacing = check_output_dir(fs, root, overwrite)
+    fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/{TMP_DIR}"):
         fs.rm(f"{root}/{TMP_DIR}", recursive=True)
-    return "interrupted run" if interrupted else "previous output"
+    return replacing
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -545,7 +554,7 @@ def write_webdataset(
     source_storage_options: dict | None = None,
     keep_dropped: bool = False,
     progress: bool = False,
-    manifest_extra: dict[str, Any] | None = None,
+    manifest_extra: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> WriteResult:
     """Write ``df`` as WebDataset shards plus Parquet metadata (format: README, "Output format").
 
@@ -554,7 +563,8 @@ def write_webdataset(
     ``dropped_by`` set are counted (and, with ``keep_dropped``, written under ``_dropped/``).
     ``remove_image_data=False`` also keeps the image bytes in the Parquet files.
     ``source_storage_options`` (default: ``storage_options``) opens the input shards when image
-    bytes are copied from them.
+    bytes are copied from them. ``manifest_extra`` adds entries to ``_manifest.json``; a callable
+    receives the counts first.
     """
     if isinstance(images_per_tar, bool) or not isinstance(images_per_tar, int) or images_per_tar < 1:
         raise ValueError(f"images_per_tar must be a positive integer, got {images_per_tar!r}")
@@ -616,7 +626,7 @@ def write_webdataset(
         "replaced": replacing or None,
         "inputs": inputs,
         "parameters": {"images_per_tar": images_per_tar, "remove_image_data": remove_image_data, "keep_dropped": keep_dropped},
-        **(manifest_extra or {}),
+        **((manifest_extra(counts) if callable(manifest_extra) else manifest_extra) or {}),
         "counts": counts,
         "renamed_keys": renames[:MAX_LISTED_RENAMES],
         "shards": [{"tar": f"{r['number']:05d}.tar", "parquet": f"{r['number']:05d}.parquet", "samples": r["samples"], "bytes": r["bytes"]} for r in kept],

@@ -1,0 +1,225 @@
+"""``Pipeline``: an ordered list of stages, validated as a whole before any work starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
+from ..io.writer import WriteResult
+from .stages import (
+    Context, FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage,
+    ImageReaderStage, ImageWriterStage, Stage, _ScoreFilterStage,
+)
+
+log = logging.getLogger("imgcurate")
+
+STAGES = {cls.__name__: cls for cls in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage,
+                                        ImageAestheticFilterStage, ImageNSFWFilterStage, ImageWriterStage)}
+# which sample failures each stage causes (the reader's are truncations; decoding happens when embedding)
+STAGE_FAILURES = {"read": ("truncated_sample",), "embed": ("no_image", "decode_error", "image_too_large")}
+
+
+@dataclass
+class PipelineResult:
+    """What a pipeline run wrote: the writer's summary plus counts after each stage."""
+
+    name: str
+    write: WriteResult
+    stage_counts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def output_dir(self) -> str:
+        return self.write.output_dir
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.write.manifest
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {"output_dir": self.output_dir, "shards": self.write.shards, "samples": self.write.samples,
+                "bytes": self.write.bytes, **{k: v for k, v in self.write.counts.items() if isinstance(v, int)}}
+
+    def metadata(self, storage_options: dict | None = None):
+        """The written samples' metadata as a Dask DataFrame (one partition per shard)."""
+        import dask.dataframe as dd
+
+        if not self.write.shards:
+            raise ValueError(f"{self.output_dir} holds no shards: every sample was filtered out or failed")
+        return dd.read_parquet(self.output_dir, storage_options=storage_options)
+
+    def __str__(self) -> str:
+        return stage_table(self.stage_counts) + "\n" + str(self.write)
+
+
+def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Samples entering and leaving each stage, from the writer's counts."""
+    failed = counts.get("failed_by_reason", {})
+    dropped = counts.get("dropped_by_stage", {})
+    remaining = counts["read"]
+    table = []
+    for stage in stages:
+        if isinstance(stage, FilePartitioningStage):
+            continue
+        row: dict[str, Any] = {"stage": stage.name, "in": remaining}
+        if isinstance(stage, ImageWriterStage):
+            row.update(out=counts["written"])
+        else:
+            lost = {r: failed[r] for r in STAGE_FAILURES.get(stage.name, ()) if failed.get(r)}
+            if lost:
+                row["failed"] = lost
+            if dropped.get(stage.name):
+                row["filtered"] = dropped[stage.name]
+            if isinstance(stage, ImageReaderStage):
+                row["in"] = None  # samples come into being here
+                members = {r: n for r, n in counts.get("rejected_members_by_reason", {}).items() if r in MEMBER_REASONS}
+                shards = {r: n for r, n in counts.get("rejected_shards_by_reason", {}).items() if r in SHARD_REASONS}
+                if members:
+                    row["rejected_members"] = members
+                if shards:
+                    row["rejected_shards"] = shards
+            remaining -= sum(lost.values()) + dropped.get(stage.name, 0)
+            row["out"] = remaining
+        table.append(row)
+    return table
+
+
+def stage_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'stage':<10} {'in':>8} {'out':>8}  notes"]
+    for row in rows:
+        notes = []
+        for key in ("failed", "filtered", "rejected_members", "rejected_shards"):
+            if row.get(key):
+                value = row[key]
+                notes.append(f"{key} " + (", ".join(f"{r} {n}" for r, n in value.items()) if isinstance(value, dict) else str(value)))
+        entered = "" if row["in"] is None else row["in"]
+        lines.append(f"{row['stage']:<10} {entered:>8} {row['out']:>8}  {'; '.join(notes)}")
+    return "\n".join(lines)
+
+
+class Pipeline:
+    """Stages run in order: partition → read → embed → filters → write.
+
+    ``run()`` validates the whole pipeline first (stage order, inputs, output directory, model
+    weights, thresholds), so a mistake fails in seconds, not after hours of embedding.
+    """
+
+    def __init__(self, name: str = "pipeline", description: str | None = None, stages: list[Stage] | None = None):
+        self.name = name
+        self.description = description
+        self.stages: list[Stage] = []
+        for stage in stages or ():
+            self.add_stage(stage)
+
+    def add_stage(self, stage: Stage) -> "Pipeline":
+        if not isinstance(stage, Stage):
+            raise PipelineError(f"add_stage takes a stage, got {type(stage).__name__}")
+        self.stages.append(stage)
+        return self
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  {stage!r}," for stage in self.stages)
+        return f"Pipeline(name={self.name!r}, stages=[{inner}\n])"
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _check_order(self) -> None:
+        kinds = [type(s) for s in self.stages]
+        names = [k.__name__ for k in kinds]
+        if not self.stages:
+            raise PipelineError("the pipeline has no stages")
+        if kinds[0] is not FilePartitioningStage:
+            raise PipelineError("the first stage must be FilePartitioningStage (which files to read)")
+        if len(kinds) < 2 or kinds[1] is not ImageReaderStage:
+            raise PipelineError("ImageReaderStage must come right after FilePartitioningStage")
+        if ImageWriterStage not in kinds:
+            raise PipelineError("the pipeline has no ImageWriterStage, so nothing would be written; add one at the end")
+        if kinds[-1] is not ImageWriterStage:
+            raise PipelineError("ImageWriterStage must be the last stage")
+        for kind in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, ImageWriterStage):
+            if kinds.count(kind) > 1:
+                raise PipelineError(f"{kind.__name__} appears {kinds.count(kind)} times; use it once")
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, _ScoreFilterStage) and ImageEmbeddingStage not in kinds[:i]:
+                raise PipelineError(f"{names[i]} needs CLIP embeddings: put ImageEmbeddingStage before it")
+
+    def validate(self) -> Context:
+        """Check everything that can be checked before reading data; returns the build context."""
+        self._check_order()
+        context = Context()
+        for stage in self.stages:
+            stage.validate(context)
+        if context.random_weights:
+            log.warning("the embedding model has RANDOM weights: embeddings and scores are meaningless "
+                        "(a demonstration of the pipeline, not a curation)")
+        return context
+
+    def build(self, context: Context | None = None):
+        """The lazy Dask DataFrame every stage but the writer describes, and the context."""
+        context = context or self.validate()
+        df = None
+        for stage in self.stages[:-1]:
+            df = stage.apply(df, context)
+        return df, context
+
+    # -- running ------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "stages": [s.describe() for s in self.stages]}
+
+    def run(self, client=None, *, scheduler: str | None = None) -> PipelineResult:
+        """Run on ``client`` (a ``distributed.Client``), else on ``scheduler`` / ``$IMGCURATE_SCHEDULER``,
+        else on a local cluster started for this run."""
+        from ..cluster import dask_client
+
+        context = self.validate()
+        writer: ImageWriterStage = self.stages[-1]  # type: ignore[assignment]
+        verbose = writer.verbose or any(getattr(s, "verbose", False) for s in self.stages)
+        with (client.as_current() if client is not None else dask_client(scheduler)):
+            df, context = self.build(context)
+
+            def manifest_extra(counts: dict[str, Any]) -> dict[str, Any]:
+                return {"pipeline": self.describe(), "models": context.models,
+                        "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts)}
+
+            written = writer.write(df, context, manifest_extra)
+        result = PipelineResult(self.name, written, written.manifest["stage_counts"])
+        if verbose:
+            print(result)
+        return result
+
+    # -- configuration files ------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Pipeline":
+        """A pipeline from ``{"name": …, "stages": [{"StageName": {params}}, …]}``."""
+        if not isinstance(config, dict) or not isinstance(config.get("stages"), list):
+            raise PipelineError("a pipeline config needs a 'stages' list")
+        pipeline = cls(name=config.get("name", "pipeline"), description=config.get("description"))
+        for entry in config["stages"]:
+            if isinstance(entry, str):
+                entry = {entry: {}}
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise PipelineError(f"each stage entry is {{StageName: {{parameters}}}}, got {entry!r}")
+            [(stage_name, params)] = entry.items()
+            if stage_name not in STAGES:
+                raise PipelineError(f"unknown stage {stage_name!r}; known: {', '.join(STAGES)}")
+            try:
+                pipeline.add_stage(STAGES[stage_name](**(params or {})))
+            except TypeError as exc:
+                raise PipelineError(f"{stage_name}: {exc}") from exc
+        return pipeline
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Pipeline":
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            return cls.from_config(yaml.safe_load(f))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "stages": [{type(s).__name__: s.parameters()} for s in self.stages]}
