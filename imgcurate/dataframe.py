@@ -7,6 +7,7 @@ SQL predicate show up when the call is made, before any data is read.
 
 from __future__ import annotations
 
+from . import columns
 from .ops import filters
 
 
@@ -34,3 +35,59 @@ def ok_rows(df):
     if "dropped_by" in df.columns:
         mask = mask & df.dropped_by.isna()
     return df[mask]
+
+
+# -- models --------------------------------------------------------------------------------
+
+def embed(df, embedder, *, aesthetic=None, nsfw=None, on_error: str = "report", storage_options: dict | None = None):
+    """Add ``embedding`` (CLIP, unit-length float32 vectors) to every row still in play.
+
+    Pass ``aesthetic`` / ``nsfw`` scorers to add ``aesthetic_score`` / ``nsfw_score`` in the same
+    pass. Images are read from the ``image`` column, or fetched from the source shards when the
+    dataframe was read with ``with_images=False``. Rows whose image cannot be decoded become
+    failure rows (``error``) under ``on_error`` (``"report"``, ``"skip"`` or ``"raise"``).
+    """
+    from .errors import check_on_error
+    from .ops.embed import embed_partition
+
+    check_on_error(on_error)
+    options = dict(aesthetic=aesthetic, nsfw=nsfw, on_error=on_error, storage_options=storage_options)
+    meta = embed_partition(df._meta, embedder, **options)
+    return df.map_partitions(embed_partition, embedder, **options, meta=meta)
+
+
+def _score(df, scorer, column: str):
+    from .ops.embed import score_partition
+
+    meta = score_partition(df._meta, scorer, column)
+    return df.map_partitions(score_partition, scorer, column, meta=meta)
+
+
+def score_aesthetic(df, scorer=None):
+    """Add ``aesthetic_score`` (LAION's ~1–10 scale) from the ``embedding`` column."""
+    from .models import AestheticScorer
+
+    return _score(df, scorer or AestheticScorer(), columns.AESTHETIC_SCORE)
+
+
+def score_nsfw(df, scorer=None):
+    """Add ``nsfw_score`` (0–1, higher is more likely NSFW) from the ``embedding`` column."""
+    from .models import NSFWScorer
+
+    return _score(df, scorer or NSFWScorer(), columns.NSFW_SCORE)
+
+
+def filter_aesthetic(df, threshold: float):
+    """Rows whose aesthetic score is at least ``threshold`` (same as ``df[df.aesthetic_score >= threshold]``)."""
+    return df[filters.aesthetic_keep(df[columns.AESTHETIC_SCORE], threshold)]
+
+
+def filter_nsfw(df, threshold: float):
+    """Rows whose NSFW score is below ``threshold`` (same as ``df[df.nsfw_score < threshold]``)."""
+    return df[filters.nsfw_keep(df[columns.NSFW_SCORE], threshold)]
+
+
+def mark_below_threshold(df, column: str, rule: str, threshold: float, stage: str):
+    """Mark rows that ``rule`` (``"aesthetic"`` or ``"nsfw"``) rejects as ``dropped_by=stage``."""
+    meta = filters.mark_below_threshold(df._meta, column, rule, threshold, stage)
+    return df.map_partitions(filters.mark_below_threshold, column, rule, threshold, stage, meta=meta)

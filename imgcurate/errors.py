@@ -50,6 +50,7 @@ SAMPLE_REASONS = {
     "no_image": "the sample has no image member",
     "decode_error": "the image bytes could not be decoded",
     "image_too_large": "the image exceeds the pixel limit",
+    "unreadable_image": "the image bytes could not be read back from the source shard",
 }
 MEMBER_REASONS = {
     "unsafe_member_name": "member path is absolute or escapes the shard",

@@ -113,16 +113,20 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
         return {"samples": metadata_table(pa.Table.from_pandas(dataset, preserve_index=False))}
     if hasattr(dataset, "to_delayed"):
         return {"samples": _frame_stream(dataset)}
-    from .io.paths import filesystem, full_url
+    from .io.paths import filesystem, full_url, is_shard_name
     from .io.reader import read_webdataset
-    from .io.writer import DROPPED_DIR, FAILURES_DIR
+    from .io.writer import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE
 
     fs, root = filesystem(os.fspath(dataset), storage_options)
     if fs.isfile(root) and root.endswith(".parquet"):
         return {"samples": _parquet_dataset([full_url(fs, root)], storage_options)}
     if fs.isdir(root):
-        shards = sorted(full_url(fs, p) for p in fs.ls(root, detail=False) if _SHARD_PARQUET.search(p))
-        if shards:
+        names = fs.ls(root, detail=False)
+        shards = sorted(full_url(fs, p) for p in names if _SHARD_PARQUET.search(p))
+        written_by_imgcurate = any(p.rstrip("/").endswith("/" + MANIFEST_FILE) for p in names)
+        has_tars = any(is_shard_name(p) for p in names)
+        # an input dataset's NNNNN.parquet are sidecars: partial metadata, joined by the reader
+        if shards and (written_by_imgcurate or not has_tars):
             tables = {"samples": _parquet_dataset(shards, storage_options)}
             failures = [full_url(fs, p) for p in fs.glob(f"{root}/{FAILURES_DIR}/*.parquet")]
             if failures:

@@ -50,6 +50,15 @@ def mark_dropped(frame, keep, stage: str):
     return backend.from_arrow(table)
 
 
+KEEP_RULES = {"aesthetic": aesthetic_keep, "nsfw": nsfw_keep}
+
+
+def mark_below_threshold(frame, column: str, rule: str, threshold: float, stage: str):
+    """:func:`mark_dropped` with one of :data:`KEEP_RULES` applied to ``column`` in the same partition
+    (a row without a score, e.g. a failure, is never kept by the rule but is already counted as failed)."""
+    return mark_dropped(frame, KEEP_RULES[rule](frame[column], threshold), stage)
+
+
 def as_arrow_mask(keep) -> pa.Array:
     """A boolean mask from pandas, cuDF, numpy, cupy or Arrow values; missing means false."""
     if isinstance(keep, (pa.Array, pa.ChunkedArray)):

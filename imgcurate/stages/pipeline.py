@@ -20,7 +20,7 @@ log = logging.getLogger("imgcurate")
 STAGES = {cls.__name__: cls for cls in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage,
                                         ImageAestheticFilterStage, ImageNSFWFilterStage, ImageWriterStage)}
 # which sample failures each stage causes (the reader's are truncations; decoding happens when embedding)
-STAGE_FAILURES = {"read": ("truncated_sample",), "embed": ("no_image", "decode_error", "image_too_large")}
+STAGE_FAILURES = {"read": ("truncated_sample",), "embed": ("no_image", "unreadable_image", "decode_error", "image_too_large")}
 
 
 @dataclass

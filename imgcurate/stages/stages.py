@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Sequence
 
 from .. import columns as C
 from ..errors import PipelineError, check_on_error
-from ..ops.filters import AESTHETIC_SCALE, aesthetic_keep, nsfw_keep
+from ..ops.filters import AESTHETIC_SCALE
 
 log = logging.getLogger("imgcurate")
 ENGINE_ONLY = ("num_gpus_per_worker", "task_batch_size", "num_threads", "num_workers_per_node")
@@ -187,10 +187,6 @@ class _ScoreFilterStage(Stage, ABC):
         """The head model (loaded lazily, once)."""
 
     @abstractmethod
-    def keep(self, scores):
-        """Mask of the rows the threshold keeps."""
-
-    @abstractmethod
     def score(self, df):
         """``df`` with this head's score column."""
 
@@ -219,7 +215,7 @@ class _ScoreFilterStage(Stage, ABC):
         df = self.score(df)
         if self.score_threshold is None:
             return df
-        return dataframe.mark_dropped(df, self.keep(df[self.score_column]), self.name)
+        return dataframe.mark_below_threshold(df, self.score_column, self.name, self.score_threshold, self.name)
 
 
 class ImageAestheticFilterStage(_ScoreFilterStage):
@@ -242,9 +238,6 @@ class ImageAestheticFilterStage(_ScoreFilterStage):
             self._scorer = AestheticScorer(self.weights or _in_dir(self.model_dir, AestheticScorer), device=self.device)
         return self._scorer
 
-    def keep(self, scores):
-        return aesthetic_keep(scores, self.score_threshold)
-
     def score(self, df):
         from ..dataframe import score_aesthetic
 
@@ -265,9 +258,6 @@ class ImageNSFWFilterStage(_ScoreFilterStage):
             self._scorer = NSFWScorer(self.weights or _in_dir(self.model_dir, NSFWScorer), device=self.device)
         return self._scorer
 
-    def keep(self, scores):
-        return nsfw_keep(scores, self.score_threshold)
-
     def score(self, df):
         from ..dataframe import score_nsfw
 
@@ -280,7 +270,7 @@ def _in_dir(model_dir: str | None, scorer_class) -> str | None:
         return None
     import os
 
-    return os.path.join(model_dir, scorer_class.WEIGHTS_FILE)
+    return os.path.join(model_dir, scorer_class.WEIGHTS.filename)
 
 
 class ImageWriterStage(Stage):

@@ -1,0 +1,221 @@
+"""CLIP image embeddings with open_clip.
+
+``CLIPImageEmbedder`` is a small, picklable description of a model (name, weights, device,
+precision). The torch module it describes is built once per process (:func:`_load_visual`) and
+reused by every partition and call; only the image tower is kept.
+
+OpenAI's CLIP weights were trained with QuickGELU. open_clip's plain ``ViT-L-14`` config uses
+GELU and only warns when given ``pretrained="openai"``, which shifts every embedding and makes
+LAION's heads mis-score. The embedder resolves activation from the pretrained tag's own record:
+when the tag was trained with QuickGELU, the model is built with it, whether the user named
+``ViT-L-14`` or ``ViT-L-14-quickgelu``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
+from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+from ..backend import torch_device
+from ..errors import WeightsNotFoundError
+from . import tiny  # noqa: F401  (registers imgcurate's tiny test/demo config with open_clip)
+from .weights import downloads_allowed, reachable, sha256_file
+
+log = logging.getLogger("imgcurate")
+QUICKGELU_SUFFIX = "-quickgelu"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What open_clip is asked to build."""
+
+    config_name: str  # an open_clip model config
+    pretrained: str | None  # a tag of that config, a checkpoint file, or None for random weights
+    force_quick_gelu: bool
+
+    @property
+    def is_file(self) -> bool:
+        return self.pretrained is not None and os.path.isfile(self.pretrained)
+
+
+def resolve_model(model_name: str, pretrained: str | None, quick_gelu: bool | None = None) -> ResolvedModel:
+    """Choose the open_clip config, tag and activation for a user's (model, pretrained) pair."""
+    base = model_name[: -len(QUICKGELU_SUFFIX)] if model_name.endswith(QUICKGELU_SUFFIX) else model_name
+    config = open_clip.get_model_config(model_name) or open_clip.get_model_config(base)
+    if config is None:
+        raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    config_name = model_name if open_clip.get_model_config(model_name) else base
+    config_quick = bool(config.get("quick_gelu"))
+    tag_record: dict[str, Any] = {}
+    if pretrained is not None and not os.path.isfile(pretrained):
+        for name in dict.fromkeys((model_name, base)):
+            tag_record = get_pretrained_cfg(name, pretrained)
+            if tag_record:
+                config_name = name
+                config_quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu"))
+                break
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(base) or open_clip.list_pretrained_tags_by_model(model_name)
+            raise ValueError(
+                f"pretrained={pretrained!r} is neither a file nor a known open_clip tag for {model_name}; "
+                f"known tags: {', '.join(tags) or 'none'}"
+            )
+    if quick_gelu is None:
+        quick_gelu = bool(tag_record.get("quick_gelu")) or model_name.endswith(QUICKGELU_SUFFIX) or config_quick
+    force = quick_gelu and not config_quick
+    if force and tag_record.get("quick_gelu"):
+        log.info("%s with pretrained=%r: the weights were trained with QuickGELU, building the model with it",
+                 model_name, pretrained)
+    return ResolvedModel(config_name, pretrained, force)
+
+
+def cached_weights(resolved: ResolvedModel) -> str | None:
+    """The local file open_clip would load for ``resolved``, if it is already on this machine."""
+    if resolved.pretrained is None:
+        return None
+    if resolved.is_file:
+        return resolved.pretrained
+    record = get_pretrained_cfg(resolved.config_name, resolved.pretrained)
+    if record.get("url"):
+        candidate = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(record["url"]))
+        if os.path.isfile(candidate):
+            return candidate
+    if record.get("hf_hub") and has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(record["hf_hub"])  # "org/name/" names the repo's default file
+        names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+        for name in names:
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found
+    return None
+
+
+def preprocess_config(resolved: ResolvedModel) -> dict[str, Any]:
+    """open_clip's preprocessing for a model and tag (size, mean, std, interpolation, resize_mode),
+    worked out from its records as ``create_model`` does, without building the model."""
+    config = open_clip.get_model_config(resolved.config_name)
+    merged = asdict(PreprocessCfg())
+    merged = merge_preprocess_dict(merged, config.get("preprocess_cfg", {}))
+    if resolved.pretrained is not None and not resolved.is_file:
+        merged = merge_preprocess_dict(merged, get_pretrained_cfg(resolved.config_name, resolved.pretrained))
+    size = config["vision_cfg"].get("image_size", merged["size"])
+    merged["size"] = size if isinstance(size, int) else tuple(size)
+    return merged
+
+
+def weights_help(model_name: str, pretrained: str) -> str:
+    return (
+        f"CLIP weights for {model_name} pretrained={pretrained!r} are not on this machine and cannot be downloaded "
+        f"here. On a machine with internet access run: python -c \"import open_clip; "
+        f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\" and copy ~/.cache/clip and "
+        f"~/.cache/huggingface to this machine, or pass a checkpoint file: --pretrained /path/to/weights.pt "
+        f"(pretrained='/path/to/weights.pt')."
+    )
+
+
+@lru_cache(maxsize=4)
+def _load_visual(resolved: ResolvedModel, device: str, precision: str) -> torch.nn.Module:
+    """Build the image tower once per process (the text tower is never used)."""
+    model = open_clip.create_model(
+        resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
+    )
+    return model.visual.to(device=device, dtype=PRECISIONS[precision]).eval()
+
+
+class CLIPImageEmbedder:
+    """L2-normalised float32 CLIP image embeddings.
+
+    ``pretrained``: an open_clip tag (downloaded to open_clip's cache when online), a local
+    checkpoint file, or ``None`` for random weights (labelled as such in :meth:`describe`).
+    ``device=None`` picks CUDA when present. ``precision`` defaults to ``bf16`` on CUDA and
+    ``fp32`` on CPU; ``batch_size`` to 256 on CUDA and 32 on CPU.
+    """
+
+    def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", device: str | None = None,
+                 batch_size: int | None = None, precision: str | None = None, quick_gelu: bool | None = None):
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.resolved = resolve_model(model_name, pretrained, quick_gelu)
+        self.device = torch_device(device)
+        on_gpu = self.device.startswith("cuda")
+        self.precision = precision or ("bf16" if on_gpu else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.batch_size = batch_size or (256 if on_gpu else 32)
+        self.dim = int(open_clip.get_model_config(self.resolved.config_name)["embed_dim"])
+        self.preprocess = preprocess_config(self.resolved)
+        if pretrained is None:
+            log.warning("CLIPImageEmbedder(%s) has RANDOM weights: its embeddings mean nothing", model_name)
+
+    # -- weights ------------------------------------------------------------------------
+
+    def weights_available(self) -> bool:
+        """True when the weights are local, or there are none to load (random weights)."""
+        return self.pretrained is None or cached_weights(self.resolved) is not None
+
+    def check_weights(self) -> None:
+        """Raise :class:`WeightsNotFoundError` (saying what to do) when the weights can be neither found nor downloaded."""
+        if self.weights_available():
+            return
+        record = get_pretrained_cfg(self.resolved.config_name, self.pretrained)
+        source = "https://huggingface.co" if record.get("hf_hub") and has_hf_hub() else record.get("url")
+        if not downloads_allowed() or not source or not reachable(source):
+            raise WeightsNotFoundError(weights_help(self.model_name, self.pretrained))
+
+    # -- the model ----------------------------------------------------------------------
+
+    def visual(self) -> torch.nn.Module:
+        return _load_visual(self.resolved, self.device, self.precision)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (on any device) → normalised float NCHW on the model's device."""
+        mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess["std"], device=self.device).view(1, 3, 1, 1)
+        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        return ((x - mean) / std).to(PRECISIONS[self.precision])
+
+    def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embeddings for preprocessed uint8 images (n, size, size, 3): float32 (n, dim), unit length."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        visual = self.visual()
+        out = []
+        batch = torch.as_tensor(pixels)
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.batch_size):
+                features = visual(self.normalise(batch[start : start + self.batch_size])).float()
+                out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    def describe(self) -> dict[str, Any]:
+        weights = cached_weights(self.resolved)
+        return {
+            "model": "CLIPImageEmbedder",
+            "model_name": self.model_name,
+            "open_clip_config": self.resolved.config_name,
+            "pretrained": self.pretrained,
+            "quick_gelu": self.resolved.force_quick_gelu or bool(open_clip.get_model_config(self.resolved.config_name).get("quick_gelu")),
+            "random_weights": self.pretrained is None,
+            "weights_sha256": sha256_file(weights) if weights and self.resolved.is_file else None,
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "embedding_dim": self.dim,
+        }
+
+    def __repr__(self) -> str:
+        return (f"CLIPImageEmbedder({self.model_name!r}, pretrained={self.pretrained!r}, device={self.device!r}, "
+                f"precision={self.precision!r})")

@@ -1,0 +1,165 @@
+"""LAION's two predictor heads on CLIP ViT-L/14 image embeddings.
+
+* :class:`AestheticScorer`: the improved-aesthetic-predictor MLP (768→1024→128→64→16→1, linear
+  layers with dropout between and no activations), trained on L2-normalised ViT-L/14 embeddings;
+  scores on a ~1–10 scale. Its state dict keys are ``layers.{0,2,4,6,7}.{weight,bias}``, so
+  LAION's ``sac+logos+ava1-l14-linearMSE.pth`` loads unchanged.
+* :class:`NSFWScorer`: the CLIP-based-NSFW-Detector for ViT-L/14 in its PyTorch form
+  (``clip_autokeras_binary_nsfw.pth``): a normalisation layer (``norm.mean``, ``norm.variance``),
+  then 768→64→512→256 with ReLU and 256→1 with a sigmoid; scores in [0, 1].
+
+A scorer object is a small picklable description (weights path, device); the torch module is
+loaded once per process and reused. ``weights="random"`` builds a randomly initialised head for
+demonstrations and tests, and says so in :meth:`describe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backend import torch_device
+from .weights import WeightFile, resolve_weights, sha256_file
+
+log = logging.getLogger("imgcurate")
+EMBEDDING_DIM = 768  # ViT-L/14, the embeddings both heads were trained on
+RANDOM = "random"
+
+
+class AestheticMLP(nn.Module):
+    def __init__(self, dim: int = EMBEDDING_DIM):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(dim, 1024), nn.Dropout(0.2),
+            nn.Linear(1024, 128), nn.Dropout(0.2),
+            nn.Linear(128, 64), nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).squeeze(-1)
+
+
+class _KerasNormalization(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("variance", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.variance.sqrt()
+
+
+class NSFWMLP(nn.Module):
+    def __init__(self, dim: int = EMBEDDING_DIM):
+        super().__init__()
+        self.norm = _KerasNormalization(dim)
+        self.linear_1 = nn.Linear(dim, 64)
+        self.linear_2 = nn.Linear(64, 512)
+        self.linear_3 = nn.Linear(512, 256)
+        self.linear_4 = nn.Linear(256, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.linear_1(self.norm(x)))
+        x = torch.relu(self.linear_2(x))
+        x = torch.relu(self.linear_3(x))
+        return torch.sigmoid(self.linear_4(x)).squeeze(-1)
+
+
+@lru_cache(maxsize=8)
+def _load_head(kind: str, path: str | None, device: str) -> nn.Module:
+    if path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same "random" head in every process, so demo runs are reproducible
+            module = HEADS[kind].MODULE()
+    else:
+        module = HEADS[kind].MODULE()
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return module.to(device).eval()
+
+
+class _Head:
+    MODULE: ClassVar[type[nn.Module]]
+    WEIGHTS: ClassVar[WeightFile]
+    KIND: ClassVar[str]
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 4096):
+        self.random = weights == RANDOM
+        self.path = None if self.random else str(resolve_weights(self.WEIGHTS, weights))
+        self.device = torch_device(device)
+        self.batch_size = batch_size
+        if self.random:
+            log.warning("%s uses RANDOM weights: its scores mean nothing", type(self).__name__)
+
+    def check_width(self, width: int) -> None:
+        if width != EMBEDDING_DIM:
+            raise ValueError(
+                f"{type(self).__name__} expects ViT-L/14 image embeddings of width {EMBEDDING_DIM}, got width "
+                f"{width}; embed with model ViT-L-14 (the model LAION's heads were trained on)"
+            )
+
+    def module(self) -> nn.Module:
+        return _load_head(self.KIND, self.path, self.device)
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Scores (float32) for an (n, 768) array of L2-normalised ViT-L/14 embeddings."""
+        embeddings = np.require(embeddings, dtype=np.float32, requirements=["C", "W"])
+        if embeddings.ndim != 2:
+            raise ValueError(f"{type(self).__name__} expects a 2-d array of embeddings, got shape {embeddings.shape}")
+        self.check_width(embeddings.shape[1])
+        if len(embeddings) == 0:
+            return np.zeros(0, dtype=np.float32)
+        module = self.module()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(embeddings), self.batch_size):
+                batch = torch.from_numpy(embeddings[start : start + self.batch_size]).to(self.device)
+                out.append(module(batch).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": type(self).__name__,
+            "weights": self.path or RANDOM,
+            "weights_sha256": sha256_file(self.path) if self.path else None,
+            "random_weights": self.random,
+            "device": self.device,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weights={self.path or RANDOM!r}, device={self.device!r})"
+
+
+class AestheticScorer(_Head):
+    """LAION improved-aesthetic-predictor: ~1–10, higher is more aesthetic."""
+
+    MODULE = AestheticMLP
+    KIND = "aesthetic"
+    WEIGHTS = WeightFile(
+        filename="sac+logos+ava1-l14-linearMSE.pth",
+        url="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth",
+        description="LAION aesthetic predictor (ViT-L/14)",
+    )
+
+
+class NSFWScorer(_Head):
+    """LAION CLIP-based NSFW detector: 0–1, higher is more likely NSFW."""
+
+    MODULE = NSFWMLP
+    KIND = "nsfw"
+    WEIGHTS = WeightFile(
+        filename="clip_autokeras_binary_nsfw.pth",
+        url="https://github.com/LAION-AI/CLIP-based-NSFW-Detector/files/10250461/clip_autokeras_binary_nsfw.zip",
+        description="LAION NSFW detector (ViT-L/14)",
+        archive_member="clip_autokeras_binary_nsfw.pth",
+    )
+
+
+HEADS: dict[str, type[_Head]] = {"aesthetic": AestheticScorer, "nsfw": NSFWScorer}

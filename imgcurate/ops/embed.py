@@ -1,0 +1,211 @@
+"""Partition functions that add CLIP embeddings and LAION head scores.
+
+:func:`embed_partition` takes one partition (pandas or cuDF), fetches each row's image bytes
+(from the ``image`` column, or by byte range from the source shard when the reader left the
+bytes there), decodes them, embeds them, and optionally scores the embeddings with the heads in
+the same pass, so each image is decoded and embedded once. Rows that already failed or were
+dropped are passed through untouched. Images that cannot be fetched or decoded become failure
+rows (``error`` = reason code) under the ``on_error`` policy; their embedding and scores are null.
+
+:func:`score_partition` scores an existing ``embedding`` column.
+
+Both are pure functions of a partition: with an empty partition (Dask's ``meta``) they return
+the output columns without loading any model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import columns as C
+from ..backend import backend_of
+from ..errors import Failure, apply_policy
+from ..io.ranges import RangeSource
+from .decode import DecodeFailure, Preprocess, decode_for_device
+
+CHUNK_BATCHES = 4  # images decoded at a time = this × the model's batch size (bounds memory)
+
+
+def _in_play(table: pa.Table) -> np.ndarray:
+    """Rows still to be processed: not failed, not dropped."""
+    mask = np.ones(len(table), dtype=bool)
+    for name in (C.ERROR, C.DROPPED_BY):
+        if name in table.column_names:
+            mask &= table.column(name).is_null().to_numpy(zero_copy_only=False)
+    return mask
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
+
+
+def fetch_images(table: pa.Table, rows: Sequence[int], storage_options: dict | None = None) -> list[bytes | Failure]:
+    """The image bytes of ``rows``: from the ``image`` column when present, else by byte range
+    from the source shard. A row without an image, or whose bytes cannot be read, gets a Failure."""
+    keys, shards = _column(table, C.KEY), _column(table, C.SOURCE_SHARD)
+    out: list[bytes | Failure] = []
+    if C.IMAGE in table.column_names:
+        images = table.column(C.IMAGE).take(pa.array(rows, pa.int64())).to_pylist()
+        for row, data in zip(rows, images):
+            out.append(data if data is not None else
+                       Failure("no_image", "the sample has no image member", shards[row], key=keys[row]))
+        return out
+    offsets, sizes = _column(table, C.IMAGE_OFFSET), _column(table, C.IMAGE_NBYTES)
+    with RangeSource(storage_options) as source:
+        for row in rows:
+            if offsets[row] is None or sizes[row] is None or shards[row] is None:
+                out.append(Failure("no_image", "the sample has no image member", shards[row], key=keys[row]))
+                continue
+            try:
+                out.append(source.read(shards[row], offsets[row], sizes[row]))
+            except OSError as exc:
+                out.append(Failure("unreadable_image", f"{type(exc).__name__}: {exc}", shards[row], key=keys[row]))
+    return out
+
+
+def _member_name(table: pa.Table, row: int) -> str | None:
+    key, ext = _column(table, C.KEY)[row], _column(table, C.IMAGE_EXT)[row]
+    return f"{key}.{ext}" if key is not None and ext is not None else None
+
+
+def _embeddings_array(vectors: np.ndarray, rows: np.ndarray, n: int, dim: int) -> pa.Array:
+    """A fixed-size-list column of ``n`` rows, ``vectors`` at ``rows`` and null elsewhere."""
+    values = np.zeros((n, dim), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    if len(rows):
+        values[rows] = vectors
+        valid[rows] = True
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
+    return pc.if_else(pa.array(valid), storage, pa.nulls(n, C.embedding_type(dim)))
+
+
+def _scores_array(scores: np.ndarray, rows: np.ndarray, n: int) -> pa.Array:
+    values = np.zeros(n, dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    if len(rows):
+        values[rows] = scores
+        valid[rows] = True
+    return pa.array(values, pa.float32(), mask=~valid)
+
+
+def _set(table: pa.Table, name: str, array: pa.Array) -> pa.Table:
+    if name in table.column_names:
+        return table.set_column(table.schema.get_field_index(name), name, array)
+    return table.append_column(name, array)
+
+
+def _record_failures(table: pa.Table, failures: dict[int, Failure], on_error: str) -> pa.Table:
+    """Apply the failure policy: failure rows (report), rows removed (skip) or an exception (raise)."""
+    if not failures:
+        return table
+    kept = apply_policy(failures.values(), on_error)
+    if not kept:  # "skip": the rows go, counted nowhere
+        drop = np.zeros(len(table), dtype=bool)
+        drop[list(failures)] = True
+        return table.filter(pa.array(~drop))
+    columns = {name: _column(table, name) for name in C.ERROR_COLUMNS}
+    for row, failure in failures.items():
+        columns[C.ERROR][row] = failure.reason
+        columns[C.ERROR_MEMBER][row] = failure.member
+        columns[C.ERROR_DETAIL][row] = failure.detail
+    for name, values in columns.items():
+        table = _set(table, name, pa.array(values, pa.string()))
+    return table
+
+
+def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_error: str = "report",
+                storage_options: dict | None = None) -> pa.Table:
+    """:func:`embed_partition` on an Arrow table."""
+    n = len(table)
+    todo = np.flatnonzero(_in_play(table))
+    prep = Preprocess.from_open_clip(embedder.preprocess)
+    chunk = max(1, embedder.batch_size * CHUNK_BATCHES)
+    embedded_rows: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    failures: dict[int, Failure] = {}
+    for start in range(0, len(todo), chunk):
+        rows = todo[start : start + chunk]
+        images = fetch_images(table, rows.tolist(), storage_options)
+        decodable = [i for i, data in enumerate(images) if not isinstance(data, Failure)]
+        for i, data in enumerate(images):
+            if isinstance(data, Failure):
+                failures[int(rows[i])] = data
+        decoded = decode_for_device([images[i] for i in decodable], prep, embedder.device)
+        good, pixels = [], []
+        for i, result in zip(decodable, decoded):
+            row = int(rows[i])
+            if isinstance(result, DecodeFailure):
+                failures[row] = Failure(result.reason, result.detail, _column(table, C.SOURCE_SHARD)[row],
+                                        _member_name(table, row), _column(table, C.KEY)[row])
+            else:
+                good.append(row)
+                pixels.append(result)
+        if pixels:
+            vectors.append(embedder.embed_pixels(_stack(pixels)))
+            embedded_rows.append(np.asarray(good, dtype=np.int64))
+    rows = np.concatenate(embedded_rows) if embedded_rows else np.zeros(0, dtype=np.int64)
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
+    table = _set(table, C.EMBEDDING, _embeddings_array(matrix, rows, n, embedder.dim))
+    for column, scorer in ((C.AESTHETIC_SCORE, aesthetic), (C.NSFW_SCORE, nsfw)):
+        if scorer is not None:
+            table = _set(table, column, _scores_array(scorer.score(matrix), rows, n))
+    return _record_failures(table, failures, on_error)
+
+
+def _stack(pixels: list) -> Any:
+    """One batch from per-image pixel arrays (numpy on CPU, torch tensors after nvJPEG)."""
+    if isinstance(pixels[0], np.ndarray):
+        return np.stack(pixels)
+    import torch
+
+    return torch.stack(pixels)
+
+
+def embed_partition(frame, embedder, *, aesthetic=None, nsfw=None, on_error: str = "report",
+                    storage_options: dict | None = None):
+    """``frame`` with an ``embedding`` column (and ``aesthetic_score`` / ``nsfw_score`` when those
+    scorers are given). See the module docstring for failures."""
+    backend = backend_of(frame)
+    table = embed_table(backend.to_arrow(frame), embedder, aesthetic=aesthetic, nsfw=nsfw, on_error=on_error,
+                        storage_options=storage_options)
+    return backend.from_arrow(table)
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row numbers with an embedding, their vectors as a float32 matrix) from an embedding column."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+    if not pa.types.is_fixed_size_list(column.type):
+        if len(valid) == 0:
+            return valid, np.zeros((0, 0), dtype=np.float32)
+        dims = pc.list_value_length(column.filter(column.is_valid()))
+        if pc.min(dims).as_py() != pc.max(dims).as_py():
+            raise ValueError("embedding column holds vectors of different lengths")
+        column = column.cast(pa.list_(pa.float32(), pc.min(dims).as_py()))
+    dim = column.type.list_size
+    picked = column.take(pa.array(valid, pa.int64()))
+    matrix = picked.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(valid), dim)
+    return valid, matrix
+
+
+def score_table(table: pa.Table, scorer, column: str) -> pa.Table:
+    if C.EMBEDDING not in table.column_names:
+        raise ValueError(f"no '{C.EMBEDDING}' column to score: embed the images first (imgcurate.embed)")
+    rows, matrix = embedding_matrix(table.column(C.EMBEDDING))
+    width = table.column(C.EMBEDDING).type
+    if len(rows) == 0 and pa.types.is_fixed_size_list(width):
+        scorer.check_width(width.list_size)
+        matrix = np.zeros((0, width.list_size), dtype=np.float32)
+    scores = scorer.score(matrix) if len(rows) else np.zeros(0, dtype=np.float32)
+    return _set(table, column, _scores_array(scores, rows, len(table)))
+
+
+def score_partition(frame, scorer, column: str):
+    """``frame`` with ``column`` holding ``scorer``'s score of each row's embedding (null where none)."""
+    backend = backend_of(frame)
+    return backend.from_arrow(score_table(backend.to_arrow(frame), scorer, column))
