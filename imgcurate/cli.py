@@ -65,7 +65,7 @@ def cmd_reshard(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from .sql import sql
+    from .query import sql
 
     result = sql(args.sql, args.dataset)
     if args.format == "csv":
@@ -155,25 +155,9 @@ def cmd_sample_data(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .sample_data import make_sample_dataset
+    from .demo import run_demo
 
-    data = os.path.join(args.directory, "sample-data")
-    if not os.path.isdir(data):
-        make_sample_dataset(data)
-        print(f"sample data: {data}")
-    common = ["--overwrite", "--scheduler", args.scheduler or "threads"]
-    steps = [
-        ["reshard", data, "--output", os.path.join(args.directory, "resharded"), "--images-per-tar", "10", *common],
-        ["export", data, "--output", os.path.join(args.directory, "exported"), "--where", "width >= 160 AND caption NOT LIKE '%grey%'",
-         "--images-per-tar", "8", *common],
-        ["inspect", os.path.join(args.directory, "exported")],
-    ]
-    for step in steps:
-        print("$ imgcurate " + " ".join(step))
-        code = main(step)
-        if code:
-            return code
-    return 0
+    return run_demo(args.directory, args.scheduler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,9 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsfw-threshold", type=float, default=0.5, metavar="T",
                    help="keep images with NSFW score < T (0-1; default 0.5)")
     p.add_argument("--model", default="ViT-L-14", help="open_clip model name (default ViT-L-14, built with QuickGELU for OpenAI weights)")
-    p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint file (default openai)")
-    p.add_argument("--aesthetic-weights", metavar="PATH", help="LAION aesthetic head weights (sac+logos+ava1-l14-linearMSE.pth)")
-    p.add_argument("--nsfw-weights", metavar="PATH", help="LAION NSFW head weights (clip_autokeras_binary_nsfw.pth)")
+    p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint file (default openai); 'random' for random "
+                        "weights (a demonstration, not a curation)")
+    p.add_argument("--aesthetic-weights", metavar="PATH", help="LAION aesthetic head weights (sac+logos+ava1-l14-linearMSE.pth; default: "
+                        "$IMGCURATE_HOME, else downloaded); 'random' for random weights")
+    p.add_argument("--nsfw-weights", metavar="PATH", help="LAION NSFW head weights (clip_autokeras_binary_nsfw.pth; default: $IMGCURATE_HOME, "
+                        "else downloaded); 'random' for random weights")
     p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on GPU)")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--keep-dropped", action="store_true", help="also write the filtered-out samples under OUT/_dropped/")
@@ -252,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("demo", help="run the main job on the bundled sample data",
-                       description="Generate the sample data in DIRECTORY and run the main job on it.")
+                       description="Generate the sample data in DIRECTORY and curate it (embed, score, filter, write), "
+                                   "with trained weights when they are on this machine, else with a tiny "
+                                   "random-weight model, clearly labelled.")
     p.add_argument("directory", nargs="?", default="sample-output")
     _add_scheduler(p)
     p.set_defaults(func=cmd_demo)
@@ -262,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    # imgcurate's own messages at INFO; other libraries' (open_clip logs every model build) only when they warn
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    log.setLevel(logging.DEBUG if args.debug else logging.INFO)
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -29,10 +29,11 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from ..backend import torch_device
 from ..errors import WeightsNotFoundError
 from . import tiny  # noqa: F401  (registers imgcurate's tiny test/demo config with open_clip)
-from .weights import downloads_allowed, reachable, sha256_file
+from .weights import MODEL_LOAD_LOCK, downloads_allowed, reachable, sha256_file
 
 log = logging.getLogger("imgcurate")
 QUICKGELU_SUFFIX = "-quickgelu"
+RANDOM = "random"  # pretrained="random": random weights, for tests and demonstrations
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -129,9 +130,11 @@ def weights_help(model_name: str, pretrained: str) -> str:
 @lru_cache(maxsize=4)
 def _load_visual(resolved: ResolvedModel, device: str, precision: str) -> torch.nn.Module:
     """Build the image tower once per process (the text tower is never used)."""
-    model = open_clip.create_model(
-        resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights (pretrained=None) must be the same model in every worker process
+        model = open_clip.create_model(
+            resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
+        )
     return model.visual.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 
@@ -139,13 +142,15 @@ class CLIPImageEmbedder:
     """L2-normalised float32 CLIP image embeddings.
 
     ``pretrained``: an open_clip tag (downloaded to open_clip's cache when online), a local
-    checkpoint file, or ``None`` for random weights (labelled as such in :meth:`describe`).
+    checkpoint file, or ``None`` / ``"random"`` for random weights (labelled as such in :meth:`describe`).
     ``device=None`` picks CUDA when present. ``precision`` defaults to ``bf16`` on CUDA and
     ``fp32`` on CPU; ``batch_size`` to 256 on CUDA and 32 on CPU.
     """
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", device: str | None = None,
                  batch_size: int | None = None, precision: str | None = None, quick_gelu: bool | None = None):
+        if pretrained == RANDOM:
+            pretrained = None
         self.model_name = model_name
         self.pretrained = pretrained
         self.resolved = resolve_model(model_name, pretrained, quick_gelu)
@@ -178,7 +183,8 @@ class CLIPImageEmbedder:
     # -- the model ----------------------------------------------------------------------
 
     def visual(self) -> torch.nn.Module:
-        return _load_visual(self.resolved, self.device, self.precision)
+        with MODEL_LOAD_LOCK:
+            return _load_visual(self.resolved, self.device, self.precision)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (on any device) → normalised float NCHW on the model's device."""

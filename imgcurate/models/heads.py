@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..backend import torch_device
-from .weights import WeightFile, resolve_weights, sha256_file
+from .weights import MODEL_LOAD_LOCK, WeightFile, resolve_weights, sha256_file
 
 log = logging.getLogger("imgcurate")
 EMBEDDING_DIM = 768  # ViT-L/14, the embeddings both heads were trained on
@@ -106,7 +106,8 @@ class _Head:
             )
 
     def module(self) -> nn.Module:
-        return _load_head(self.KIND, self.path, self.device)
+        with MODEL_LOAD_LOCK:
+            return _load_head(self.KIND, self.path, self.device)
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Scores (float32) for an (n, 768) array of L2-normalised ViT-L/14 embeddings."""

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 import zipfile
@@ -32,6 +33,9 @@ log = logging.getLogger("imgcurate")
 HOME_ENV = "IMGCURATE_HOME"
 OFFLINE_ENV = "IMGCURATE_OFFLINE"
 PROBE_TIMEOUT_S = 3.0
+# Worker threads share a process's models: the first one to ask builds a model while the others
+# wait for it (functools.lru_cache alone would let each of them build its own copy).
+MODEL_LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+# warnings.catch_warnings swaps process-wide state: decoding threads that enter and leave it
+# interleaved would leave Pillow's bomb warning turned into an error for the whole process
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,14 @@ def _open(data: bytes, prep: Preprocess) -> Image.Image:
     if not data:
         raise DecodeFailure("decode_error", "empty image bytes")
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():  # Image.open reads only the header: holding the lock is cheap
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeFailure("image_too_large", str(exc)) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a memory address: keep failure lists reproducible
+        raise DecodeFailure("decode_error", f"not an image format Pillow reads (starts with {data[:8].hex()})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeFailure("decode_error", f"{type(exc).__name__}: {exc}") from exc
     width, height = image.size
     if width * height > prep.max_pixels:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from .. import columns as C
 from ..backend import backend_of
-from ..sql import where_mask
+from ..query import where_mask
 
 AESTHETIC_SCALE = (1.0, 10.0)
 

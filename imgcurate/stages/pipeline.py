@@ -55,6 +55,14 @@ class PipelineResult:
     def __str__(self) -> str:
         return stage_table(self.stage_counts) + "\n" + str(self.write)
 
+    def __repr__(self) -> str:
+        return f"PipelineResult({self.name!r}, {self.write!r})\n" + stage_table(self.stage_counts)
+
+    def _repr_html_(self) -> str:
+        from ..display import pipeline_result_html
+
+        return pipeline_result_html(self)
+
 
 def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, Any]]:
     """Samples entering and leaving each stage, from the writer's counts."""
