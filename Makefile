@@ -21,4 +21,7 @@ demo: $(STAMP)
 	$(BIN)/imgcurate demo sample-output
 
 test: $(STAMP)
+	@# the report's browser test needs Chromium; installed here only when running as root
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium not installed: the browser test will skip"
 	$(BIN)/python -m pytest

@@ -16,11 +16,11 @@ from .errors import ImgcurateError
 log = logging.getLogger("imgcurate")
 
 
-def _add_scheduler(parser: argparse.ArgumentParser) -> None:
+def _add_scheduler(parser: argparse.ArgumentParser, starts_cluster: bool = True) -> None:
+    otherwise = "a local cluster started for the job" if starts_cluster else "in-process threads"
     parser.add_argument(
         "--scheduler", metavar="ADDRESS",
-        help=f"Dask scheduler address (tcp://HOST:PORT), or 'threads'; default: ${SCHEDULER_ENV}, "
-             "else a local cluster started for the job",
+        help=f"Dask scheduler address (tcp://HOST:PORT), or 'threads'; default: ${SCHEDULER_ENV}, else {otherwise}",
     )
 
 
@@ -32,6 +32,13 @@ def _add_output(parser: argparse.ArgumentParser, images_per_tar: bool = True) ->
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory written by imgcurate")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad shard, member or image instead of reporting it")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def _add_validate_images(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--validate-images", action="store_true",
+                        help="decode every image first (Pillow, within its pixel limit) and list those that fail as "
+                             "decode_error / image_too_large instead of copying them; without it, image bytes are "
+                             "copied unchecked")
 
 
 def _print_result(result) -> None:
@@ -50,14 +57,17 @@ def _print_failures(result) -> None:
 
 
 def cmd_reshard(args) -> int:
-    from .dataframe import mark_where
+    from .dataframe import mark_where, validate_images
     from .io.reader import read_webdataset
     from .io.writer import write_webdataset
 
+    on_error = "raise" if args.strict else "report"
     with dask_client(args.scheduler):
-        df = read_webdataset(args.input, with_images=False, on_error="raise" if args.strict else "report")
+        df = read_webdataset(args.input, with_images=False, on_error=on_error)
         if getattr(args, "where", None):
             df = mark_where(df, args.where, stage="where")
+        if args.validate_images:  # after the predicate: rows it drops are not copied, so need no check
+            df = validate_images(df, on_error=on_error)
         result = write_webdataset(df, args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
                                   progress=not args.no_progress)
     _print_result(result)
@@ -67,7 +77,8 @@ def cmd_reshard(args) -> int:
 def cmd_query(args) -> int:
     from .query import sql
 
-    result = sql(args.sql, args.dataset)
+    with dask_client(args.scheduler, start_cluster=False):
+        result = sql(args.sql, args.dataset)
     if args.format == "csv":
         result.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -125,7 +136,8 @@ def cmd_curate(args) -> int:
 def cmd_inspect(args) -> int:
     from .summary import inspect_dataset
 
-    report = inspect_dataset(args.path)
+    with dask_client(args.scheduler, start_cluster=False):
+        report = inspect_dataset(args.path)
     print(json.dumps(report, indent=1) if args.json else report_text(report))
     return 0
 
@@ -144,6 +156,14 @@ def report_text(report: dict) -> str:
         lines.append("written by imgcurate " + str(report["manifest"].get("imgcurate_version")) + ": " +
                      ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int)))
     return "\n".join(lines)
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    write_report(args.dataset, args.output, thumbnails=args.thumbnails)
+    print(f"wrote {args.output}")
+    return 0
 
 
 def cmd_sample_data(args) -> int:
@@ -169,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reshard", help="copy a WebDataset into shards of exactly N samples (no decoding)",
                        description="Copy any WebDataset into shards of exactly --images-per-tar samples, "
-                                   "plus Parquet metadata, without decoding or re-encoding images.")
+                                   "plus Parquet metadata, without re-encoding images (or decoding them, unless "
+                                   "--validate-images).")
     p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
     _add_output(p)
+    _add_validate_images(p)
     _add_scheduler(p)
     p.set_defaults(func=cmd_reshard)
 
@@ -182,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
     p.add_argument("--where", required=True, metavar="PREDICATE", help="SQL boolean expression over metadata columns")
     _add_output(p)
+    _add_validate_images(p)
     _add_scheduler(p)
     p.set_defaults(func=cmd_reshard)
 
@@ -222,13 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql", help="e.g. \"SELECT caption, aesthetic_score FROM samples ORDER BY aesthetic_score DESC LIMIT 10\"")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format (default 50)")
+    _add_scheduler(p, starts_cluster=False)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("inspect", help="shards, samples, columns and sizes of a WebDataset",
                        description="Summarise a WebDataset: shards, samples, failures, columns and sizes.")
     p.add_argument("path", help="directory, glob, brace range or file of shards")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_scheduler(p, starts_cluster=False)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of an imgcurate output",
+                       description="Write one HTML file, with nothing loaded from outside it, about an output directory "
+                                   "written by imgcurate: samples per stage, failures by reason, the models (flagged when "
+                                   "their weights are random), score histograms with the run's thresholds, and "
+                                   "thumbnails of kept and dropped samples.")
+    p.add_argument("dataset", help="an output directory written by imgcurate (curate, reshard, export, Python)")
+    p.add_argument("--output", "-o", required=True, metavar="REPORT.html", help="the HTML file to write")
+    p.add_argument("--thumbnails", type=int, default=24, metavar="N",
+                   help="thumbnails of kept samples, and of dropped ones when kept aside (default 24)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sample-data", help="write the small generated sample WebDataset",
                        description="Write a small, deterministic WebDataset of generated images (JPEG and PNG, "

@@ -7,13 +7,21 @@ from contextlib import nullcontext
 from typing import Any, Sequence
 
 import dask
+from dask.base import named_schedulers
 from tqdm.auto import tqdm
 
 log = logging.getLogger("imgcurate")
 
 
 def active_client():
-    """The distributed client in use (``Client(...)`` or ``with Client(...)``), or None."""
+    """The distributed client in use (``Client(...)`` or ``with Client(...)``), or None.
+
+    As in ``dask.compute``, an in-process scheduler chosen with ``dask.config.set(scheduler=...)``
+    (``--scheduler threads``) wins over a client that merely exists in the process.
+    """
+    configured = dask.config.get("scheduler", None)
+    if isinstance(configured, str) and configured.lower() in named_schedulers:
+        return None
     try:
         from distributed import Client
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -24,23 +32,25 @@ def active_client():
         return None
 
 
-def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False) -> list[Any]:
+def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=None) -> list[Any]:
     """Compute Dask collections/delayed objects; with ``progress``, show one bar over them.
 
+    Runs on ``client``, else on the active distributed client, else on Dask's local scheduler.
     On a distributed client the bar counts finished tasks of ``tasks`` (local and remote
     clusters alike); on Dask's local schedulers it counts graph tasks.
     """
     tasks = list(tasks)
     if not tasks:
         return []
-    client = active_client()
+    if client is None:
+        client = active_client()
     if client is not None:
         from distributed import as_completed
 
         futures = client.compute(tasks)
         try:
             with tqdm(total=len(futures), desc=desc, unit="part", disable=not progress) as bar:
-                for _ in as_completed(futures):
+                for _ in as_completed(futures, loop=client.loop):
                     bar.update()
             return client.gather(futures)
         finally:

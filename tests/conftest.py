@@ -11,6 +11,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -99,3 +100,60 @@ def photo_dataset(tmp_path, photos):
     """(directory, samples) of a 3-shard WebDataset of the 30 real photos."""
     directory = tmp_path / "photos-wds"
     return directory, build_photo_dataset(directory, photos)
+
+
+# -- LAION head weight files: LAION's key names and shapes, random values ---------------------------
+# Layer name → (inputs, outputs), as in the improved-aesthetic-predictor's MLP and the PyTorch form
+# of the CLIP-based NSFW detector.
+AESTHETIC_LAYERS = {"layers.0": (768, 1024), "layers.2": (1024, 128), "layers.4": (128, 64), "layers.6": (64, 16),
+                    "layers.7": (16, 1)}
+NSFW_LAYERS = {"linear_1": (768, 64), "linear_2": (64, 512), "linear_3": (512, 256), "linear_4": (256, 1)}
+KERAS_EPSILON = 1e-7  # Keras' Normalization divides by max(sqrt(variance), epsilon)
+
+
+def _linear_weights(layers: dict, rng, input_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Random layers whose outputs have about unit variance; ``input_scale`` is 1 / the input's component std."""
+    state = {}
+    for i, (name, (fan_in, fan_out)) in enumerate(layers.items()):
+        std = fan_in**-0.5 * (input_scale if i == 0 else 1.0)
+        state[f"{name}.weight"] = rng.normal(0.0, std, (fan_out, fan_in)).astype(np.float32)
+        state[f"{name}.bias"] = rng.normal(0.0, 0.1, fan_out).astype(np.float32)
+    return state
+
+
+def save_state(state: dict[str, np.ndarray], path: Path) -> Path:
+    import torch  # here, so that test modules without models do not pay for importing torch
+
+    torch.save({name: torch.from_numpy(value) for name, value in state.items()}, path)
+    return path
+
+
+def aesthetic_state(seed: int = 0) -> dict[str, np.ndarray]:
+    return _linear_weights(AESTHETIC_LAYERS, np.random.default_rng(seed), input_scale=768**0.5)  # unit-length inputs
+
+
+def nsfw_state(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    state = {"norm.mean": rng.normal(0.0, 0.02, 768).astype(np.float32),
+             # L2-normalised 768-wide vectors have per-component variances near 1/768
+             "norm.variance": rng.uniform(0.5, 2.0, 768).astype(np.float32) / 768}
+    return {**state, **_linear_weights(NSFW_LAYERS, rng)}
+
+
+def aesthetic_reference(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The aesthetic MLP in float64 numpy: linear layers only (dropout is off at inference)."""
+    h = x.astype(np.float64)
+    for name in AESTHETIC_LAYERS:
+        h = h @ state[f"{name}.weight"].T.astype(np.float64) + state[f"{name}.bias"]
+    return h[:, 0]
+
+
+def nsfw_reference(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The NSFW detector in float64 numpy: Keras normalisation, ReLUs, sigmoid."""
+    scale = np.maximum(np.sqrt(state["norm.variance"].astype(np.float64)), KERAS_EPSILON)
+    h = (x.astype(np.float64) - state["norm.mean"]) / scale
+    for i, name in enumerate(NSFW_LAYERS):
+        h = h @ state[f"{name}.weight"].T.astype(np.float64) + state[f"{name}.bias"]
+        if i < len(NSFW_LAYERS) - 1:
+            h = np.maximum(h, 0.0)
+    return 0.5 * (1.0 + np.tanh(h[:, 0] / 2.0))  # the logistic sigmoid, without overflow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 import os
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -18,6 +19,7 @@ from .paths import expand_shards, filesystem, is_local_fs, sidecar_url
 from .samples import Sample, iter_samples
 from .schema import Layout, merge_layouts, shard_table
 from .tar import is_compressed_shard, open_shard_stream
+from .tarindex import PlainShard, index_plain_tar
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,17 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
     failures: list[Failure] = []
     fs, path = filesystem(task.url, task.storage_options)
     try:
-        total_size = None if is_compressed_shard(task.url) else fs.size(path)
+        file_size = fs.size(path)
+        if file_size == 0:  # not even an empty tar (that is 1024 zero bytes): often a copy that never started
+            return samples, [Failure("not_a_tar", "file is empty (0 bytes)", shard=task.url)]
+        compressed = is_compressed_shard(task.url)
+        total_size = None if compressed else file_size
         # local files without fsspec's per-read wrapper: the scan makes thousands of small reads
         with (open(path, "rb") if is_local_fs(fs) else fs.open(path, "rb")) as raw:
             stream = open_shard_stream(raw, task.url)
-            if task.with_images:
-                # every byte is wanted: one large read instead of one per member
+            if task.with_images and not compressed:
+                # every byte is wanted: one large read instead of one per member (a compressed stream
+                # is read member by member, so a break in it keeps the members before it)
                 stream = io.BytesIO(stream.read())
             for item in iter_samples(stream, task.url, with_images=task.with_images, total_size=total_size):
                 (failures if isinstance(item, Failure) else samples).append(item)
@@ -51,6 +58,25 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
             "unreadable_shard", f"{type(exc).__name__}: {exc} (stopped after {len(samples)} samples)", shard=task.url
         ))
     return samples, failures
+
+
+def read_plain_shard(task: ShardTask) -> PlainShard | None:
+    """A local, uncompressed shard indexed at once when it is plain (the common case; see
+    :mod:`~imgcurate.io.tarindex`), else None and :func:`read_shard_samples` reads it."""
+    if is_compressed_shard(task.url):
+        return None
+    fs, path = filesystem(task.url, task.storage_options)
+    if not is_local_fs(fs):
+        return None
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            # mapped, not read: only the headers, the small members and (when wanted) the images are touched
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return index_plain_tar(mapped, task.with_images, f.fileno())
+    except (OSError, ValueError):
+        return None  # the scanner opens it again and reports what is wrong
 
 
 def read_sidecar(task: ShardTask, failures: list[Failure]) -> pa.Table | None:
@@ -73,7 +99,8 @@ def read_sidecar(task: ShardTask, failures: list[Failure]) -> pa.Table | None:
 
 def read_partition_table(task: ShardTask, layout: Layout | None) -> tuple[pa.Table, Layout]:
     """Read, group, conform to ``layout`` (``None`` infers it), then apply the failure policy."""
-    samples, failures = read_shard_samples(task)
+    plain = read_plain_shard(task)
+    samples, failures = (plain, []) if plain is not None else read_shard_samples(task)
     sidecar = read_sidecar(task, failures)
     table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout)
     if task.on_error != "report":

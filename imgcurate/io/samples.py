@@ -9,7 +9,8 @@ Rules (those of the webdataset library, plus the safety rules it leaves to the u
 * directories are ignored; leading ``./`` is stripped;
 * rejected, each reported as a :class:`~imgcurate.errors.Failure`: absolute paths and paths
   with ``..`` (they could escape an extraction directory), names that are not UTF-8, links,
-  device/fifo members, names without an extension, ``.gz`` members that do not inflate;
+  device/fifo members, names without an extension, ``.gz`` members that do not inflate,
+  members whose bytes would have to be loaded and are over ``MAX_MEMBER_BYTES``;
 * a shard that is cut short keeps every sample before the cut; the sample being read at the
   cut is rejected as ``truncated_sample``.
 
@@ -31,6 +32,7 @@ IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm", "pnm", "jp2", "avif"}
 )
 MAX_GUNZIP_BYTES = 64 * 2**20
+MAX_MEMBER_BYTES = 256 * 2**20  # members loaded into memory (captions, JSON, components; images when wanted)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # the webdataset library's own rule
 
 
@@ -48,16 +50,30 @@ class Sample:
 
 def normalize_member_name(name: str) -> str | None:
     """The member name with leading ``./`` removed, or None if it is unsafe to use."""
+    return None if unsafe_name_reason(name) else _strip_dot_slash(name)
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why ``name`` is unsafe to use as a member name, or None when it is safe."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return None
+        return "member name is not UTF-8"
+    name = _strip_dot_slash(name)
+    if not name:
+        return "member name is empty"
+    if name.startswith("/"):
+        return "member path is absolute"
+    if "\0" in name:
+        return "member name contains a NUL byte"
+    if any(part == ".." for part in name.split("/")):
+        return "member path contains '..'"
+    return None
+
+
+def _strip_dot_slash(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
-    if not name or name.startswith("/") or "\0" in name:
-        return None
-    if any(part == ".." for part in name.split("/")):
-        return None
     return name
 
 
@@ -68,10 +84,25 @@ def split_key(name: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2).lower()
 
 
+def _inflates(ext: str) -> bool:
+    """Whether a member with this extension is gunzipped (``.gz`` other than compressed images)."""
+    return ext.endswith(".gz") and ext[:-3] not in IMAGE_EXTENSIONS
+
+
+def _component_ext(ext: str) -> str:
+    """The extension a member takes in its sample (``txt.gz`` → ``txt``)."""
+    return ext[:-3] if _inflates(ext) else ext
+
+
 def iter_samples(
-    stream: BinaryIO, shard: str, *, with_images: bool = True, total_size: int | None = None
+    stream: BinaryIO, shard: str, *, with_images: bool = True, total_size: int | None = None,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Iterator[Sample | Failure]:
-    """Yield the samples of one shard in order, interleaved with failures."""
+    """Yield the samples of one shard in order, interleaved with failures.
+
+    Only :class:`Sample` and :class:`~imgcurate.errors.Failure` come out: a stream that stops
+    being a tar ends the shard with a failure, it does not raise.
+    """
     current: Sample | None = None
     index = 0
     parsed: dict[str, tuple[str | None, tuple[str, str] | None]] = {}  # raw name -> (name, (key, ext)); one entry
@@ -91,10 +122,10 @@ def iter_samples(
         if parts is None:
             return True
         key, ext = parts
-        starts_new = current is None or current.key != key or ext in current.components
+        starts_new = current is None or current.key != key or _component_ext(ext) in current.components
         return not (ext in IMAGE_EXTENSIONS and (starts_new or current.image_ext is None))
 
-    members = iter_tar(stream, want_data, total_size)
+    members = iter_tar(stream, want_data, total_size, max_member_bytes)
     while True:
         try:
             member = next(members)
@@ -105,23 +136,26 @@ def iter_samples(
                 yield Failure("not_a_tar", cut.detail, shard=shard)
                 return
             cut_name = normalize_member_name(cut.member) if cut.member else None
-            cut_key = split_key(cut_name)[0] if cut_name and split_key(cut_name) else None
+            cut_parts = split_key(cut_name) if cut_name else None
+            cut_key = cut_parts[0] if cut_parts else None
+            cut_member = cut_name or (_printable(cut.member) if cut.member else None)
             if current is not None:
-                if cut_key == current.key:
+                # the member being read at the cut belonged to the current sample unless it would have started a new one
+                if cut_parts and cut_key == current.key and _component_ext(cut_parts[1]) not in current.components:
                     yield Failure(
                         "truncated_sample", f"{cut.detail}; the sample's remaining members are lost",
-                        shard=shard, member=cut.member, key=current.key,
+                        shard=shard, member=cut_member, key=current.key,
                     )
                 else:
                     yield current
-            yield Failure("truncated_member", cut.detail, shard=shard, member=cut.member, key=cut_key)
+            yield Failure("truncated_member", cut.detail, shard=shard, member=cut_member, key=cut_key)
             return
 
         if member.kind == DIRECTORY:
             continue
         name, parts = parse(member.name)
         if name is None:
-            yield Failure("unsafe_member_name", "member path is absolute, contains '..' or is not UTF-8",
+            yield Failure("unsafe_member_name", unsafe_name_reason(member.name),
                           shard=shard, member=_printable(member.name))
             continue
         if member.kind != FILE:
@@ -133,7 +167,11 @@ def iter_samples(
                           shard=shard, member=name)
             continue
         key, ext = parts
-        if ext.endswith(".gz") and ext[:-3] not in IMAGE_EXTENSIONS and member.data is not None:
+        if member.too_large:
+            yield Failure("member_too_large", f"{member.size} bytes is over the limit of {max_member_bytes} for a member "
+                          "loaded into memory", shard=shard, member=name, key=key)
+            continue
+        if _inflates(ext) and member.data is not None:
             try:
                 member.data = gunzip_limited(member.data, MAX_GUNZIP_BYTES)
             except (OSError, ValueError, EOFError) as exc:

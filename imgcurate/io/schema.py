@@ -25,6 +25,7 @@ import pyarrow as pa
 from .. import columns as C
 from ..errors import Failure
 from .samples import Sample
+from .tarindex import PlainShard
 
 JSON_TEXT = pa.json_()
 
@@ -76,46 +77,81 @@ class _Rows:
         return len(self.key)
 
 
+def _component_value(ext: str, data: bytes, key: str, shard: str, failures: list[Failure]) -> Any:
+    """A non-image member's value in its row: caption text (``txt``), class number (``cls``), JSON
+    object (``json``), or the bytes of any other component; None, with a failure recorded, when the
+    member cannot be decoded."""
+    if ext == "txt":
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            failures.append(Failure("invalid_caption", str(exc), shard=shard, member=f"{key}.{ext}", key=key))
+            return None
+    if ext == "cls":
+        try:
+            return int(data.strip())
+        except ValueError:
+            failures.append(Failure("invalid_cls", f"not an integer: {data[:40]!r}", shard=shard, member=f"{key}.{ext}", key=key))
+            return None
+    if ext == "json":
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            doc = exc
+        if not isinstance(doc, dict):
+            detail = str(doc) if isinstance(doc, Exception) else f"top-level value is {type(doc).__name__}, not an object"
+            failures.append(Failure("invalid_json", detail, shard=shard, member=f"{key}.{ext}", key=key))
+            return None
+        return doc
+    return data
+
+
+_ROW_FIELDS = {"txt": "caption", "cls": "cls", "json": "json"}
+
+
 def _decode_sample(sample: Sample, rows: _Rows, shard: str, failures: list[Failure]) -> None:
     image = sample.image
-    caption = cls = doc = None
+    fields: dict[str, Any] = {}
     others: dict[str, bytes] = {}
     for ext, member in sample.components.items():
         if member is image:
             continue
-        data = member.data or b""
-        if ext == "txt":
-            try:
-                caption = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                failures.append(Failure("invalid_caption", str(exc), shard=shard, member=f"{sample.key}.{ext}", key=sample.key))
-        elif ext == "cls":
-            try:
-                cls = int(data.strip())
-            except ValueError:
-                failures.append(Failure("invalid_cls", f"not an integer: {data[:40]!r}", shard=shard, member=f"{sample.key}.{ext}", key=sample.key))
-        elif ext == "json":
-            try:
-                doc = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
-                doc = exc
-            if not isinstance(doc, dict):
-                detail = str(doc) if isinstance(doc, Exception) else f"top-level value is {type(doc).__name__}, not an object"
-                failures.append(Failure("invalid_json", detail, shard=shard, member=f"{sample.key}.{ext}", key=sample.key))
-                doc = None
+        value = _component_value(ext, member.data or b"", sample.key, shard, failures)
+        if ext in _ROW_FIELDS:
+            fields[_ROW_FIELDS[ext]] = value
         else:
-            others[ext] = data
+            others[ext] = value
     rows.key.append(sample.key)
     rows.index.append(sample.index)
     rows.image.append(image.data if image is not None else None)
     rows.image_ext.append(sample.image_ext)
     rows.image_nbytes.append(image.size if image is not None else None)
     rows.image_offset.append(image.offset if image is not None and image.offset >= 0 else None)
-    rows.caption.append(caption)
-    rows.cls.append(cls)
-    rows.json.append(doc)
+    rows.caption.append(fields.get("caption"))
+    rows.cls.append(fields.get("cls"))
+    rows.json.append(fields.get("json"))
     rows.components.append(others)
     rows.extra.append({})
+
+
+def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: list[Failure]) -> None:
+    """:func:`_decode_sample` for every sample of a plain shard at once (the same rows and failures)."""
+    n = len(shard_columns)
+    rows.key, rows.index = shard_columns.keys, list(range(n))
+    rows.image = shard_columns.images if shard_columns.images is not None else [None] * n
+    rows.image_ext, rows.image_nbytes, rows.image_offset = (
+        shard_columns.image_ext, shard_columns.image_nbytes, shard_columns.image_offset)
+    rows.caption, rows.cls, rows.json = [None] * n, [None] * n, [None] * n
+    rows.components = [{} for _ in range(n)]
+    rows.extra = [{} for _ in range(n)]
+    columns = {"caption": rows.caption, "cls": rows.cls, "json": rows.json}
+    keys = shard_columns.keys
+    for sample, ext, data in zip(shard_columns.member_sample, shard_columns.member_ext, shard_columns.member_data):
+        value = _component_value(ext, data, keys[sample], shard, failures)
+        if ext in _ROW_FIELDS:
+            columns[_ROW_FIELDS[ext]][sample] = value
+        else:
+            rows.components[sample][ext] = value
 
 
 def _fill_gap(rows: _Rows, i: int, name: str, value: Any) -> bool:
@@ -184,11 +220,27 @@ def _converts(value: Any, typ: pa.DataType) -> bool:
     return True
 
 
+_EXACT_KINDS = {  # Python types whose values _fits accepts in these columns without further checks
+    pa.int64(): frozenset({int}),
+    pa.float64(): frozenset({int, float}),
+    pa.string(): frozenset({str}),
+    pa.bool_(): frozenset({bool}),
+}
+
+
 def _typed_column(values: list[Any], typ: pa.DataType, rows: _Rows, name: str) -> pa.Array:
     """Values as an array of ``typ``; values that do not fit go to the row's extras."""
     if typ == JSON_TEXT:
         text = [None if v is None else json.dumps(v, ensure_ascii=False, default=_json_default) for v in values]
         return pa.array(text, pa.string()).cast(JSON_TEXT)
+    # the common case: every value already of the column's own Python type (Arrow still refuses overflows)
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if kinds <= _EXACT_KINDS.get(typ, frozenset()):
+        try:
+            return pa.array(values, type=typ)
+        except (pa.ArrowInvalid, OverflowError):
+            pass
     fitted = []
     for i, value in enumerate(values):
         if value is None or _fits(value, typ):
@@ -209,7 +261,7 @@ def _json_default(value: Any) -> Any:
 
 
 def shard_table(
-    samples: Iterable[Sample],
+    samples: Iterable[Sample] | PlainShard,
     failures: list[Failure],
     shard: str,
     *,
@@ -219,11 +271,17 @@ def shard_table(
 ) -> tuple[pa.Table, Layout]:
     """Build the partition table of one shard (``failures`` gets the member failures found).
 
+    ``samples`` are the shard's samples from the scanner, or the columns of a plain shard
+    (:mod:`~imgcurate.io.tarindex`); both give the same table.
+
     With ``layout=None`` the layout is inferred from this shard and returned.
     """
     rows = _Rows()
-    for sample in samples:
-        _decode_sample(sample, rows, shard, failures)
+    if isinstance(samples, PlainShard):
+        _decode_plain(samples, rows, shard, failures)
+    else:
+        for sample in samples:
+            _decode_sample(sample, rows, shard, failures)
     n = len(rows)
     reserved = set(C.READER_COLUMNS)
 
@@ -310,7 +368,7 @@ def shard_table(
     pad = [None] * n_fail
     table_columns: dict[str, pa.Array | list] = {
         C.KEY: rows.key + [f.key for f in failures],
-        C.IMAGE: rows.image + pad,
+        C.IMAGE: _pad(rows.image, n_fail) if isinstance(rows.image, pa.Array) else rows.image + pad,
         C.IMAGE_EXT: rows.image_ext + pad,
         C.IMAGE_NBYTES: rows.image_nbytes + pad,
         C.CAPTION: rows.caption + pad,

@@ -30,6 +30,8 @@ _KINDS = {
 }
 _GNU_LONGNAME, _GNU_LONGLINK, _PAX_LOCAL, _PAX_GLOBAL = b"L", b"K", b"x", b"g"
 _POSIX_MAGIC = b"ustar\x0000"
+MAX_RECORD_BYTES = 2**20  # long-name and pax records: real ones are tiny, a hostile one could claim gigabytes
+_READ_CHUNK = 16 * 2**20  # large members are read in pieces, so memory grows only with bytes really there
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class TarMember:
     offset: int  # data offset in the (decompressed) stream
     size: int
     data: bytes | None = None
+    too_large: bool = False  # its data was wanted but is over ``max_data_bytes``, so it was skipped
 
 
 class TarFormatError(Exception):
@@ -78,14 +81,15 @@ def _cstring(field: bytes) -> bytes:
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
+    """Parse pax records (``"%d %s=%s\\n"``); raises ValueError on a malformed one."""
     records, pos = {}, 0
     while pos < len(data):
         space = data.find(b" ", pos)
         if space < 0:
             break
         length = int(data[pos:space])
-        if length <= 0:
-            break
+        if length <= space - pos or pos + length > len(data):
+            raise ValueError(f"pax record length {length} does not fit")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -96,16 +100,18 @@ def iter_tar(
     stream: BinaryIO,
     want_data: Callable[[str], bool] = lambda name: True,
     total_size: int | None = None,
+    max_data_bytes: int | None = None,
 ) -> Iterator[TarMember]:
     """Yield the members of a tar stream in order.
 
     ``want_data(name)`` is asked for each regular file; when it says no, the data is skipped
     with ``seek`` (cheap on local and ranged remote files). ``total_size`` (the stream's
     length, when known) lets skipped members be checked for truncation without reading them.
-    Raises :class:`TarFormatError` where the stream stops being a valid tar, including a
-    compressed stream that breaks off.
+    A wanted member over ``max_data_bytes`` is skipped too and flagged ``too_large``.
+    Raises :class:`TarFormatError` where the stream stops being a valid tar (including a
+    compressed stream that breaks off, and header fields that cannot be true); nothing else.
     """
-    scanner = _Scanner(stream, want_data, total_size)
+    scanner = _Scanner(stream, want_data, total_size, max_data_bytes)
     while True:
         try:
             member = scanner.next_member()
@@ -119,8 +125,10 @@ def iter_tar(
 
 
 class _Scanner:
-    def __init__(self, stream: BinaryIO, want_data: Callable[[str], bool], total_size: int | None):
+    def __init__(self, stream: BinaryIO, want_data: Callable[[str], bool], total_size: int | None,
+                 max_data_bytes: int | None):
         self.stream, self.want_data, self.total_size = stream, want_data, total_size
+        self.max_data_bytes = max_data_bytes
         self.pos = 0
         self.name: str | None = None  # the member being read, for error reports
 
@@ -140,7 +148,12 @@ class _Scanner:
             if not _checksum_ok(header):
                 raise TarFormatError(_first_error(pos), f"invalid tar header at byte {pos}", pos)
             typeflag = header[156:157]
-            size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+            try:
+                size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+            except ValueError:
+                size = -1
+            if size < 0:
+                raise TarFormatError(_first_error(pos), f"invalid size field in the tar header at byte {pos}", pos)
             raw_name = _cstring(header[0:100])
             if header[257:265] == _POSIX_MAGIC and header[345] != 0:
                 raw_name = _cstring(header[345:500]) + b"/" + raw_name
@@ -151,19 +164,36 @@ class _Scanner:
             self.pos = data_offset + padded
 
             if typeflag in (_GNU_LONGNAME, _GNU_LONGLINK, _PAX_LOCAL, _PAX_GLOBAL):
-                data = _read_exact(self.stream, size, padded, pos, name)
+                self.name = None  # the member these records describe is not known yet
+                if size > MAX_RECORD_BYTES:
+                    raise TarFormatError(
+                        _first_error(pos), f"long-name or pax record of {size} bytes at byte {pos} is over the limit", pos
+                    )
+                data = _consume(self.stream, size, padded, pos, None, self.total_size, keep=True)
                 if typeflag == _GNU_LONGNAME:
                     long_name = _decode_name(_cstring(data))
                 elif typeflag == _PAX_LOCAL:
-                    pax = _pax_records(data)
+                    try:
+                        pax = _pax_records(data)
+                    except ValueError as exc:
+                        raise TarFormatError(_first_error(pos), f"malformed pax header at byte {pos}: {exc}", pos) from exc
                 continue
 
             kind = _KINDS.get(typeflag, SPECIAL)
             member = TarMember(name=name, kind=kind, offset=data_offset, size=size if kind == FILE else 0)
-            if kind == FILE and self.want_data(name):
-                member.data = _read_exact(self.stream, size, padded, pos, name)
+            wanted = kind == FILE and self.want_data(name)
+            if wanted and self.max_data_bytes is not None and size > self.max_data_bytes:
+                wanted, member.too_large = False, True
+            if wanted:
+                member.data = _consume(self.stream, size, padded, pos, name, self.total_size, keep=True)
+            elif self.total_size is not None:
+                # skipped without reading: the stream's length says whether the data is all there
+                if pos + BLOCK + size > self.total_size:
+                    raise _truncated(pos, name)
+                if padded:
+                    self.stream.seek(self.pos)
             else:
-                _skip(self.stream, size, padded, self.pos, self.total_size, pos, name)
+                _consume(self.stream, size, padded, pos, name, None, keep=False)
             return member
 
 
@@ -176,28 +206,38 @@ def _decode_name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _truncated(header_pos: int, name: str) -> TarFormatError:
+def _truncated(header_pos: int, name: str | None) -> TarFormatError:
     return TarFormatError(
         "truncated_member", f"shard ends inside the data of the member whose header is at byte {header_pos}", header_pos, name
     )
 
 
-def _read_exact(stream: BinaryIO, size: int, padded: int, header_pos: int, name: str) -> bytes:
-    data = stream.read(padded)
-    if len(data) < size:  # a missing tail of padding is tolerated, missing data is not
-        raise _truncated(header_pos, name)
-    return data[:size]
+def _consume(
+    stream: BinaryIO, size: int, padded: int, header_pos: int, name: str | None, total_size: int | None, *, keep: bool
+) -> bytes:
+    """Read a member's data and padding; return the data when ``keep``, else drop it as it comes.
 
-
-def _skip(stream: BinaryIO, size: int, padded: int, next_pos: int, total_size: int | None, header_pos: int, name: str) -> None:
-    if padded == 0:
-        return
-    if total_size is None:
-        _read_exact(stream, size, padded, header_pos, name)
-        return
-    if header_pos + BLOCK + size > total_size:
+    A header can claim any size, so a size past the stream's end is refused before reading and
+    large members are read in pieces. A missing tail of padding is tolerated, missing data is not.
+    """
+    if total_size is not None and header_pos + BLOCK + size > total_size:
         raise _truncated(header_pos, name)
-    stream.seek(next_pos)
+    if padded <= _READ_CHUNK:
+        data = stream.read(padded)
+        got = len(data)
+    else:
+        pieces, got = [], 0
+        while got < padded:
+            piece = stream.read(min(padded - got, _READ_CHUNK))
+            if not piece:
+                break
+            got += len(piece)
+            if keep:
+                pieces.append(piece)
+        data = b"".join(pieces)
+    if got < size:
+        raise _truncated(header_pos, name)
+    return data[:size] if keep else b""
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,20 +15,23 @@ Two phases, each a set of independent Dask tasks, so memory is bounded by a few 
 
 Publishing: staged files live in ``_imgcurate_tmp/`` and an ``_imgcurate_incomplete`` marker
 stands in the output directory until the end; local shards are renamed into place at the end,
-and ``_manifest.json`` is written last. An interrupted run is recognised by the marker and
-replaced by the next run.
+and ``_manifest.json`` is written last. A run that fails before publishing (bad input under
+``on_error="raise"``, an exception, Ctrl-C) removes what it staged and leaves the directory as it
+found it; a run that is killed leaves the marker, and the next run recognises it and replaces it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dask
 import pyarrow as pa
@@ -44,6 +47,8 @@ from .paths import filesystem, full_url, is_local_fs, writable_path
 from .ranges import RangeSource, ShardSink
 from .schema import JSON_TEXT
 from .tar import END_OF_ARCHIVE, member_header, padding
+
+log = logging.getLogger("imgcurate")
 
 TMP_DIR = "_imgcurate_tmp"
 MARKER = "_imgcurate_incomplete"
@@ -107,6 +112,21 @@ class WriteResult:
             f"wrote {self.samples} samples in {self.shards} shards ({self.bytes / 1e6:.1f} MB) to {self.output_dir}; "
             f"read {c.get('read', 0)}, dropped {c.get('dropped', 0)}, failed {c.get('failed', 0)}"
         )
+
+    def __repr__(self) -> str:
+        c = self.counts
+
+        def with_detail(name: str, by: str) -> str:
+            detail = ", ".join(f"{k} {v}" for k, v in c.get(by, {}).items())
+            return f"{name}={c.get(name, 0)}" + (f" ({detail})" if detail else "")
+
+        return (f"WriteResult({self.output_dir!r}, shards={self.shards}, samples={self.samples}, bytes={self.bytes}, "
+                f"read={c.get('read', 0)}, {with_detail('dropped', 'dropped_by_stage')}, {with_detail('failed', 'failed_by_reason')})")
+
+    def _repr_html_(self) -> str:
+        from ..display import write_result_html
+
+        return write_result_html(self)
 
 
 # ---------------------------------------------------------------------------------------
@@ -432,15 +452,18 @@ def check_output_dir(fs, root: str, overwrite: bool) -> str:
     if not names:
         return ""
     foreign = sorted(n for n in names if n not in OUR_FILES and not SHARD_FILE.match(n))
-    interrupted = MARKER in names
-    if not (overwrite or interrupted):
-        raise OutputExistsError(
-            f"output directory {root!r} is not empty; pass overwrite=True (--overwrite) to replace it"
-        )
+    # staging without a marker: tasks of a failed run that were still running when it cleaned up
+    interrupted = MARKER in names or TMP_DIR in names
     if foreign:
+        left_by = f" (beside the leftovers of an interrupted imgcurate run, marked by {MARKER})" if interrupted else ""
         raise OutputExistsError(
             f"output directory {root!r} holds files imgcurate did not write ({', '.join(foreign[:5])}"
-            f"{', …' if len(foreign) > 5 else ''}); refusing to replace it, choose another directory"
+            f"{', …' if len(foreign) > 5 else ''}){left_by}; refusing to replace it, choose another directory"
+        )
+    if not (overwrite or interrupted):
+        raise OutputExistsError(
+            f"output directory {root!r} is not empty; pass overwrite=True (--overwrite) to replace the imgcurate output "
+            f"there (a directory left by an interrupted run, marked by {MARKER}, is replaced without it)"
         )
     return "interrupted run" if interrupted else "previous output"
 
@@ -448,10 +471,30 @@ def check_output_dir(fs, root: str, overwrite: bool) -> str:
 def prepare_output_dir(fs, root: str, overwrite: bool) -> str:
     """:func:`check_output_dir`, then create the directory and clear staging left by an interrupted run."""
     replacing = check_output_dir(fs, root, overwrite)
+    if replacing == "interrupted run":
+        log.warning("%s was left by an interrupted run: replacing it", root)
     fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/{TMP_DIR}"):
         fs.rm(f"{root}/{TMP_DIR}", recursive=True)
     return replacing
+
+
+@contextmanager
+def _withdrawn_on_error(fs, root: str, existed: bool, replacing: str) -> Iterator[None]:
+    """Leave the output directory as it was found when the body raises (nothing is published yet).
+
+    A marker found there stays: the leftovers of that earlier interrupted run are still there.
+    """
+    try:
+        yield
+    except BaseException:
+        if fs.exists(f"{root}/{TMP_DIR}"):
+            fs.rm(f"{root}/{TMP_DIR}", recursive=True)
+        if replacing != "interrupted run" and fs.exists(f"{root}/{MARKER}"):
+            fs.rm(f"{root}/{MARKER}")
+        if not existed and is_local_fs(fs) and fs.isdir(root) and not _entries(fs, root):
+            fs.rmdir(root)
+        raise
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -555,6 +598,7 @@ def write_webdataset(
     keep_dropped: bool = False,
     progress: bool = False,
     manifest_extra: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    client=None,
 ) -> WriteResult:
     """Write ``df`` as WebDataset shards plus Parquet metadata (format: README, "Output format").
 
@@ -564,42 +608,43 @@ def write_webdataset(
     ``remove_image_data=False`` also keeps the image bytes in the Parquet files.
     ``source_storage_options`` (default: ``storage_options``) opens the input shards when image
     bytes are copied from them. ``manifest_extra`` adds entries to ``_manifest.json``; a callable
-    receives the counts first.
+    receives the counts first. The work runs on ``client`` (a ``distributed.Client``), else on the
+    active client, else on Dask's default scheduler.
     """
     if isinstance(images_per_tar, bool) or not isinstance(images_per_tar, int) or images_per_tar < 1:
         raise ValueError(f"images_per_tar must be a positive integer, got {images_per_tar!r}")
     started = time.time()
     fs, root = filesystem(output_dir, storage_options)
     output_url = full_url(fs, root)
-    replacing = prepare_output_dir(fs, root, overwrite)
-    with fs.open(f"{root}/{MARKER}", "wb") as f:
-        f.write(json.dumps({"started": datetime.now(timezone.utc).isoformat(), "imgcurate_version": __version__}).encode())
-
     schema = backend_of(df).to_arrow(df._meta).schema
     options = WriteOptions(
         output_url, images_per_tar, remove_image_data, keep_dropped, storage_options,
         source_storage_options if source_storage_options is not None else storage_options, schema, is_local_fs(fs),
     )
-    partitions = df.to_delayed()
-    stats = compute(
-        [dask.delayed(stage_partition)(part, i, options) for i, part in enumerate(partitions)],
-        desc="staging", progress=progress,
-    )
-    inputs = sorted({source for s in stats for source in s["sources"]})
-    clash = [source for source in inputs if _inside(source, output_url)]
-    if clash:
-        fs.rm(f"{root}/{TMP_DIR}", recursive=True)
-        fs.rm(f"{root}/{MARKER}")
-        raise OutputExistsError(f"input shard {clash[0]!r} lies inside the output directory; write somewhere else")
+    existed = fs.isdir(root)
+    replacing = prepare_output_dir(fs, root, overwrite)
+    with _withdrawn_on_error(fs, root, existed, replacing):
+        with fs.open(f"{root}/{MARKER}", "wb") as f:
+            f.write(json.dumps({"started": datetime.now(timezone.utc).isoformat(), "imgcurate_version": __version__}).encode())
+        partitions = df.to_delayed()
+        stats = compute(
+            [dask.delayed(stage_partition)(part, i, options) for i, part in enumerate(partitions)],
+            desc="staging", progress=progress, client=client,
+        )
+        inputs = sorted({source for s in stats for source in s["sources"]})
+        clash = [source for source in inputs if _inside(source, output_url)]
+        if clash:
+            raise OutputExistsError(f"input shard {clash[0]!r} lies inside the output directory; write somewhere else")
 
-    plans = plan_shards([s[KEPT] for s in stats], images_per_tar, KEPT)
-    if keep_dropped:
-        plans += plan_shards([s[DROPPED] for s in stats], images_per_tar, DROPPED)
-    rows_per_task = max(images_per_tar, sum(s[KEPT] for s in stats) // max(1, len(stats)))
-    groups = [g for stream in (KEPT, DROPPED) for g in group_plans([p for p in plans if p.stream == stream], rows_per_task, images_per_tar)]
-    results = [r for batch in compute(
-        [dask.delayed(assemble_shards)(group, options) for group in groups], desc="writing shards", progress=progress
-    ) for r in batch]
+        plans = plan_shards([s[KEPT] for s in stats], images_per_tar, KEPT)
+        if keep_dropped:
+            plans += plan_shards([s[DROPPED] for s in stats], images_per_tar, DROPPED)
+        rows_per_task = max(images_per_tar, sum(s[KEPT] for s in stats) // max(1, len(stats)))
+        groups = [g for stream in (KEPT, DROPPED) for g in group_plans([p for p in plans if p.stream == stream], rows_per_task, images_per_tar)]
+        results = [r for batch in compute(
+            [dask.delayed(assemble_shards)(group, options) for group in groups], desc="writing shards", progress=progress,
+            client=client,
+        ) for r in batch]
 
     _publish(options, results, fs, root)
     kept = sorted((r for r in results if r["stream"] == KEPT), key=lambda r: r["number"])

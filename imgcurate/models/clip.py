@@ -88,11 +88,8 @@ def cached_weights(resolved: ResolvedModel) -> str | None:
     if resolved.is_file:
         return resolved.pretrained
     record = get_pretrained_cfg(resolved.config_name, resolved.pretrained)
-    if record.get("url"):
-        candidate = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(record["url"]))
-        if os.path.isfile(candidate):
-            return candidate
     if record.get("hf_hub") and has_hf_hub():
+        # open_clip then loads from the hub and never looks at its URL cache, so only the hub's cache counts
         from huggingface_hub import try_to_load_from_cache
 
         repo, filename = os.path.split(record["hf_hub"])  # "org/name/" names the repo's default file
@@ -101,6 +98,11 @@ def cached_weights(resolved: ResolvedModel) -> str | None:
             found = try_to_load_from_cache(repo, name)
             if isinstance(found, str):
                 return found
+        return None
+    if record.get("url"):
+        candidate = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(record["url"]))
+        if os.path.isfile(candidate):
+            return candidate
     return None
 
 
@@ -128,14 +130,15 @@ def weights_help(model_name: str, pretrained: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load_visual(resolved: ResolvedModel, device: str, precision: str) -> torch.nn.Module:
+def _load_visual(resolved: ResolvedModel, device: str) -> torch.nn.Module:
     """Build the image tower once per process (the text tower is never used)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights (pretrained=None) must be the same model in every worker process
         model = open_clip.create_model(
             resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
         )
-    return model.visual.to(device=device, dtype=PRECISIONS[precision]).eval()
+    # weights stay float32; lower precision comes from autocast, which keeps norms and softmax in float32
+    return model.visual.to(device=device).eval()
 
 
 class CLIPImageEmbedder:
@@ -184,14 +187,14 @@ class CLIPImageEmbedder:
 
     def visual(self) -> torch.nn.Module:
         with MODEL_LOAD_LOCK:
-            return _load_visual(self.resolved, self.device, self.precision)
+            return _load_visual(self.resolved, self.device)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (on any device) → normalised float NCHW on the model's device."""
         mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.preprocess["std"], device=self.device).view(1, 3, 1, 1)
         x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        return ((x - mean) / std).to(PRECISIONS[self.precision])
+        return (x - mean) / std
 
     def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """Embeddings for preprocessed uint8 images (n, size, size, 3): float32 (n, dim), unit length."""
@@ -200,7 +203,9 @@ class CLIPImageEmbedder:
         visual = self.visual()
         out = []
         batch = torch.as_tensor(pixels)
-        with torch.inference_mode():
+        device_type = torch.device(self.device).type
+        autocast = torch.autocast(device_type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32")
+        with torch.inference_mode(), autocast:
             for start in range(0, len(batch), self.batch_size):
                 features = visual(self.normalise(batch[start : start + self.batch_size])).float()
                 out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())

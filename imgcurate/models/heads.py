@@ -30,6 +30,7 @@ from .weights import MODEL_LOAD_LOCK, WeightFile, resolve_weights, sha256_file
 log = logging.getLogger("imgcurate")
 EMBEDDING_DIM = 768  # ViT-L/14, the embeddings both heads were trained on
 RANDOM = "random"
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
 
 
 class AestheticMLP(nn.Module):
@@ -54,7 +55,8 @@ class _KerasNormalization(nn.Module):
         self.register_buffer("variance", torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.variance.sqrt()
+        # as Keras' Normalization layer: a zero variance divides by epsilon, not by zero
+        return (x - self.mean) / self.variance.sqrt().clamp_min(KERAS_EPSILON)
 
 
 class NSFWMLP(nn.Module):
@@ -81,8 +83,28 @@ def _load_head(kind: str, path: str | None, device: str) -> nn.Module:
             module = HEADS[kind].MODULE()
     else:
         module = HEADS[kind].MODULE()
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        module.load_state_dict(read_weights(kind, path))
     return module.to(device).eval()
+
+
+def read_weights(kind: str, path: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, checked against LAION's layout for the ``kind`` head, so that a
+    wrong file fails by name where the scorer is made, not in a worker at the first batch."""
+    head = HEADS[kind]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways (pickle, zip, EOF) on a file that is not its own
+        raise ValueError(f"{path} is not a PyTorch weight file {head.__name__} can read: {type(exc).__name__}: {exc}") from exc
+    expected = {name: tuple(value.shape) for name, value in head.MODULE().state_dict().items()}
+    found = {name: tuple(getattr(value, "shape", ())) for name, value in state.items()} if isinstance(state, dict) else {}
+    if found != expected:
+        missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        reshaped = sorted(name for name in expected.keys() & found.keys() if expected[name] != found[name])
+        raise ValueError(
+            f"{path} does not hold {head.WEIGHTS.description} weights in LAION's layout: missing keys {missing}, "
+            f"unexpected keys {unexpected}, wrong shapes {reshaped} (expected {expected})"
+        )
+    return state
 
 
 class _Head:
@@ -93,6 +115,8 @@ class _Head:
     def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 4096):
         self.random = weights == RANDOM
         self.path = None if self.random else str(resolve_weights(self.WEIGHTS, weights))
+        if self.path is not None:
+            read_weights(self.KIND, self.path)
         self.device = torch_device(device)
         self.batch_size = batch_size
         if self.random:

@@ -193,3 +193,19 @@ def decode_for_device(images: Sequence[bytes], prep: Preprocess, device: str) ->
     if str(device).startswith("cuda"):
         return decode_batch_cuda(images, prep, device)
     return decode_batch(images, prep)
+
+
+def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise :class:`DecodeFailure` unless ``data`` is an image of at most ``max_pixels`` pixels that decodes.
+
+    The pixel limit is checked from the header first, so a decompression bomb is refused without
+    decoding it. JPEGs are decoded at 1/8 scale (draft mode): libjpeg still reads all the
+    compressed data, so truncation and broken markers show up, at a fraction of the cost.
+    """
+    image = _open(data, Preprocess(max_pixels=max_pixels))
+    try:
+        if image.format == "JPEG":
+            image.draft(image.mode, (1, 1))
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DecodeFailure("decode_error", f"{type(exc).__name__}: {exc}") from exc

@@ -67,9 +67,19 @@ def fetch_images(table: pa.Table, rows: Sequence[int], storage_options: dict | N
     return out
 
 
+def _value(table: pa.Table, name: str, row: int) -> Any:
+    """One cell, without converting the whole column (done once per failure)."""
+    return table.column(name)[row].as_py() if name in table.column_names else None
+
+
 def _member_name(table: pa.Table, row: int) -> str | None:
-    key, ext = _column(table, C.KEY)[row], _column(table, C.IMAGE_EXT)[row]
+    key, ext = _value(table, C.KEY, row), _value(table, C.IMAGE_EXT, row)
     return f"{key}.{ext}" if key is not None and ext is not None else None
+
+
+def _decode_failure(table: pa.Table, row: int, failure: DecodeFailure) -> Failure:
+    return Failure(failure.reason, failure.detail, _value(table, C.SOURCE_SHARD, row), _member_name(table, row),
+                   _value(table, C.KEY, row))
 
 
 def _embeddings_array(vectors: np.ndarray, rows: np.ndarray, n: int, dim: int) -> pa.Array:
@@ -139,8 +149,7 @@ def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_erro
         for i, result in zip(decodable, decoded):
             row = int(rows[i])
             if isinstance(result, DecodeFailure):
-                failures[row] = Failure(result.reason, result.detail, _column(table, C.SOURCE_SHARD)[row],
-                                        _member_name(table, row), _column(table, C.KEY)[row])
+                failures[row] = _decode_failure(table, row, result)
             else:
                 good.append(row)
                 pixels.append(result)

@@ -1,0 +1,166 @@
+"""The plain-shard fast path (io/tarindex.py) gives exactly what the member-by-member scanner gives.
+
+Every test reads the same shard both ways: ``read_partition_table`` (fast path when the shard is
+plain) and ``read_shard_samples`` + ``shard_table`` (the scanner), and compares the tables.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import build_photo_dataset, write_tar
+from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
+from imgcurate.io.schema import shard_table
+from imgcurate.io.tarindex import index_plain_tar
+
+
+def both_ways(path: Path, with_images: bool):
+    task = ShardTask(str(path), with_images, None, None, "report")
+    fast, fast_layout = read_partition_table(task, None)
+    samples, failures = read_shard_samples(task)
+    slow, slow_layout = shard_table(samples, failures, str(path), with_images=with_images)
+    return fast, slow, fast_layout, slow_layout
+
+
+def assert_same(path: Path) -> None:
+    for with_images in (True, False):
+        fast, slow, fast_layout, slow_layout = both_ways(path, with_images)
+        assert fast_layout == slow_layout
+        assert fast.equals(slow), (path, with_images)
+
+
+def is_plain(path: Path) -> bool:
+    return read_plain_shard(ShardTask(str(path), True, None, None, "report")) is not None
+
+
+def test_real_photo_shards_take_the_fast_path_and_match(tmp_path, photos):
+    build_photo_dataset(tmp_path, photos, sidecar=False)
+    shards = sorted(tmp_path.glob("*.tar"))
+    for shard in shards:
+        assert is_plain(shard)
+        assert_same(shard)
+    fast, _, _, _ = both_ways(shards[0], True)
+    jpeg = photos[0].read_bytes()
+    assert fast.column("image")[0].as_py() == jpeg  # the original bytes, gathered from the file
+    assert fast.column("_image_offset")[0].as_py() == jpeg_offset(shards[0], "000000.jpg")
+
+
+def jpeg_offset(shard: Path, name: str) -> int:
+    with tarfile.open(shard) as tar:
+        return tar.getmember(name).offset_data
+
+
+def test_webdataset_testdata_matches(wds_testdata):
+    shard = wds_testdata / "compressed.tar"
+    assert_same(shard)
+
+
+@pytest.mark.parametrize("members", [
+    [("a.jpg", b"x" * 10), ("a.txt", b"\xff\xfe not utf-8"), ("b.jpg", b"y"), ("b.json", b"{not json"),
+     ("c.jpg", b"z"), ("c.cls", b"seven"), ("d.json", b"[1, 2]")],  # decode failures, in member order
+    [("a.txt", b"no image"), ("b.jpg", b"1"), ("b.png", b"2"), ("b.seg.png", b"3"), ("b.txt", b"two images")],
+    [("s/01.json", b'{"n": 1, "big": 18446744073709551616}'), ("s/01.jpg", b"1"),
+     ("s/02.json", b'{"n": 2.5, "big": 3}'), ("s/02.jpg", b"2"), ("s/03.jpg", b"")],  # values that do not fit their column
+    [("a.JPG", b"1"), ("a.Txt", b"upper case extensions")],
+    [],
+])
+def test_plain_shards_match(tmp_path, members):
+    shard = write_tar(tmp_path / "00000.tar", members)
+    assert is_plain(shard)
+    assert_same(shard)
+
+
+def unplain(path: Path, kind: str) -> Path:
+    """A shard the fast path must hand to the scanner."""
+    ordinary = [("a.jpg", b"1"), ("a.txt", b"one"), ("b.jpg", b"2"), ("b.txt", b"two")]
+    if kind == "directory":
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            tar.addfile(_dir("d"))
+            for name, data in ordinary:
+                _add(tar, f"d/{name}", data)
+        return path
+    if kind == "long_name":
+        return write_tar(path, [("x" * 120 + ".jpg", b"1")] + ordinary, fmt=tarfile.GNU_FORMAT)
+    if kind == "pax":
+        return write_tar(path, [("café.jpg", b"1")] + ordinary, fmt=tarfile.PAX_FORMAT)
+    if kind == "dot_slash":
+        return write_tar(path, [(f"./{n}", d) for n, d in ordinary])
+    if kind == "dot_dot":
+        return write_tar(path, [("../a.jpg", b"1")] + ordinary)
+    if kind == "repeated_extension":
+        return write_tar(path, [("a.jpg", b"1"), ("a.jpg", b"2"), ("a.txt", b"t")])
+    if kind == "gzip_member":
+        import gzip
+
+        return write_tar(path, [("a.jpg", b"1"), ("a.txt.gz", gzip.compress(b"zipped caption"))])
+    if kind == "no_extension":
+        return write_tar(path, ordinary + [("README", b"x")])
+    if kind == "symlink":
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in ordinary:
+                _add(tar, name, data)
+            link = tarfile.TarInfo("c.jpg")
+            link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+            tar.addfile(link)
+        return path
+    data = write_tar(path, ordinary).read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: 512 * 3 + 100])
+    elif kind == "bad_checksum":
+        path.write_bytes(data[:148] + b"0000000\0" + data[156:])
+    elif kind == "no_end_blocks_cut_header":
+        path.write_bytes(data[: 512 * 4 + 200])
+    return path
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("kind", ["directory", "long_name", "pax", "dot_slash", "dot_dot", "repeated_extension",
+                                  "gzip_member", "no_extension", "symlink", "truncated", "bad_checksum",
+                                  "no_end_blocks_cut_header"])
+def test_shards_that_are_not_plain_go_to_the_scanner(tmp_path, kind):
+    shard = unplain(tmp_path / "00000.tar", kind)
+    assert index_plain_tar(shard.read_bytes(), True) is None
+    assert not is_plain(shard)
+    assert_same(shard)  # and the reader still gives the scanner's answer
+
+
+def test_tar_without_end_of_archive_blocks_is_plain(tmp_path):
+    shard = write_tar(tmp_path / "00000.tar", [("a.jpg", b"1" * 700), ("a.txt", b"one")])
+    data = shard.read_bytes()
+    end = 512 * 2 + 1024 + 512 + 512  # two headers, 700 bytes padded to 1024, caption padded to 512
+    shard.write_bytes(data[:end])
+    assert is_plain(shard)
+    assert_same(shard)
+
+
+names = st.sampled_from(["a", "b", "c", "dir/a", "dir/b"])
+extensions = st.sampled_from(["jpg", "png", "txt", "json", "cls", "npy"])
+payloads = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b"", b"3", b"caption", json.dumps({"w": 1, "h": 2}).encode(), b'{"w": "wide"}', b"{bad"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(names, extensions, payloads), max_size=12))
+def test_random_shards_read_the_same_both_ways(tmp_path, members):
+    shard = write_tar(tmp_path / "00000.tar", [(f"{key}.{ext}", data) for key, ext, data in members])
+    assert_same(shard)
