@@ -2,7 +2,8 @@
 
 from ._version import __version__
 from .dataframe import (
-    embed, filter_aesthetic, filter_nsfw, mark_dropped, mark_where, ok_rows, score_aesthetic, score_nsfw, where,
+    embed, filter_aesthetic, filter_nsfw, mark_dropped, mark_where, ok_rows, score_aesthetic, score_nsfw,
+    validate_images, where,
 )
 from .display import show
 from .io.reader import read_webdataset
@@ -14,7 +15,8 @@ _MODELS = ("CLIPImageEmbedder", "AestheticScorer", "NSFWScorer")
 
 __all__ = [
     "__version__", "read_webdataset", "write_webdataset", "WriteResult", "where", "mark_where", "mark_dropped",
-    "ok_rows", "sql", "show", "embed", "score_aesthetic", "score_nsfw", "filter_aesthetic", "filter_nsfw", *_MODELS,
+    "ok_rows", "sql", "show", "embed", "score_aesthetic", "score_nsfw", "filter_aesthetic", "filter_nsfw", "validate_images",
+    *_MODELS,
 ]
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Sequence
 
-from . import columns as C
 from .cluster import SCHEDULER_ENV, dask_client
 from .errors import ImgcurateError
 

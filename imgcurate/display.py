@@ -189,7 +189,7 @@ def _images(table: pa.Table, tars: list[str | None] | None, storage_options: dic
     if C.IMAGE in table.column_names:
         return [data if data is not None else "no image" for data in table.column(C.IMAGE).to_pylist()]
     if tars is None and C.IMAGE_OFFSET in table.column_names:
-        from .ops.embed import fetch_images
+        from .ops.rows import fetch_images
 
         fetched = fetch_images(table, range(len(table)), storage_options)
         return [item if isinstance(item, bytes) else f"{item.reason}: {item.detail}" for item in fetched]

@@ -9,7 +9,6 @@ filters visibly drop rows.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path

@@ -329,7 +329,6 @@ def shard_table(
         )
 
     arrays: dict[str, pa.Array] = {}
-    json_names = {name for name, _ in layout.json_fields}
     for name, typ in layout.json_fields:
         values = json_values.pop(name, [None] * n)
         if name in sidecar_values:  # the same field in .json and sidecar: .json wins, sidecar fills gaps

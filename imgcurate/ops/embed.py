@@ -15,7 +15,7 @@ the output columns without loading any model.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,63 +23,11 @@ import pyarrow.compute as pc
 
 from .. import columns as C
 from ..backend import backend_of
-from ..errors import Failure, apply_policy
-from ..io.ranges import RangeSource
+from ..errors import Failure
 from .decode import DecodeFailure, Preprocess, decode_for_device
+from .rows import decode_failure, fetch_images, in_play, record_failures, set_column
 
 CHUNK_BATCHES = 4  # images decoded at a time = this × the model's batch size (bounds memory)
-
-
-def _in_play(table: pa.Table) -> np.ndarray:
-    """Rows still to be processed: not failed, not dropped."""
-    mask = np.ones(len(table), dtype=bool)
-    for name in (C.ERROR, C.DROPPED_BY):
-        if name in table.column_names:
-            mask &= table.column(name).is_null().to_numpy(zero_copy_only=False)
-    return mask
-
-
-def _column(table: pa.Table, name: str) -> list:
-    return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
-
-
-def fetch_images(table: pa.Table, rows: Sequence[int], storage_options: dict | None = None) -> list[bytes | Failure]:
-    """The image bytes of ``rows``: from the ``image`` column when present, else by byte range
-    from the source shard. A row without an image, or whose bytes cannot be read, gets a Failure."""
-    keys, shards = _column(table, C.KEY), _column(table, C.SOURCE_SHARD)
-    out: list[bytes | Failure] = []
-    if C.IMAGE in table.column_names:
-        images = table.column(C.IMAGE).take(pa.array(rows, pa.int64())).to_pylist()
-        for row, data in zip(rows, images):
-            out.append(data if data is not None else
-                       Failure("no_image", "the sample has no image member", shards[row], key=keys[row]))
-        return out
-    offsets, sizes = _column(table, C.IMAGE_OFFSET), _column(table, C.IMAGE_NBYTES)
-    with RangeSource(storage_options) as source:
-        for row in rows:
-            if offsets[row] is None or sizes[row] is None or shards[row] is None:
-                out.append(Failure("no_image", "the sample has no image member", shards[row], key=keys[row]))
-                continue
-            try:
-                out.append(source.read(shards[row], offsets[row], sizes[row]))
-            except OSError as exc:
-                out.append(Failure("unreadable_image", f"{type(exc).__name__}: {exc}", shards[row], key=keys[row]))
-    return out
-
-
-def _value(table: pa.Table, name: str, row: int) -> Any:
-    """One cell, without converting the whole column (done once per failure)."""
-    return table.column(name)[row].as_py() if name in table.column_names else None
-
-
-def _member_name(table: pa.Table, row: int) -> str | None:
-    key, ext = _value(table, C.KEY, row), _value(table, C.IMAGE_EXT, row)
-    return f"{key}.{ext}" if key is not None and ext is not None else None
-
-
-def _decode_failure(table: pa.Table, row: int, failure: DecodeFailure) -> Failure:
-    return Failure(failure.reason, failure.detail, _value(table, C.SOURCE_SHARD, row), _member_name(table, row),
-                   _value(table, C.KEY, row))
 
 
 def _embeddings_array(vectors: np.ndarray, rows: np.ndarray, n: int, dim: int) -> pa.Array:
@@ -102,36 +50,11 @@ def _scores_array(scores: np.ndarray, rows: np.ndarray, n: int) -> pa.Array:
     return pa.array(values, pa.float32(), mask=~valid)
 
 
-def _set(table: pa.Table, name: str, array: pa.Array) -> pa.Table:
-    if name in table.column_names:
-        return table.set_column(table.schema.get_field_index(name), name, array)
-    return table.append_column(name, array)
-
-
-def _record_failures(table: pa.Table, failures: dict[int, Failure], on_error: str) -> pa.Table:
-    """Apply the failure policy: failure rows (report), rows removed (skip) or an exception (raise)."""
-    if not failures:
-        return table
-    kept = apply_policy(failures.values(), on_error)
-    if not kept:  # "skip": the rows go, counted nowhere
-        drop = np.zeros(len(table), dtype=bool)
-        drop[list(failures)] = True
-        return table.filter(pa.array(~drop))
-    columns = {name: _column(table, name) for name in C.ERROR_COLUMNS}
-    for row, failure in failures.items():
-        columns[C.ERROR][row] = failure.reason
-        columns[C.ERROR_MEMBER][row] = failure.member
-        columns[C.ERROR_DETAIL][row] = failure.detail
-    for name, values in columns.items():
-        table = _set(table, name, pa.array(values, pa.string()))
-    return table
-
-
 def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_error: str = "report",
                 storage_options: dict | None = None) -> pa.Table:
     """:func:`embed_partition` on an Arrow table."""
     n = len(table)
-    todo = np.flatnonzero(_in_play(table))
+    todo = np.flatnonzero(in_play(table))
     prep = Preprocess.from_open_clip(embedder.preprocess)
     chunk = max(1, embedder.batch_size * CHUNK_BATCHES)
     embedded_rows: list[np.ndarray] = []
@@ -149,7 +72,7 @@ def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_erro
         for i, result in zip(decodable, decoded):
             row = int(rows[i])
             if isinstance(result, DecodeFailure):
-                failures[row] = _decode_failure(table, row, result)
+                failures[row] = decode_failure(table, row, result)
             else:
                 good.append(row)
                 pixels.append(result)
@@ -158,11 +81,11 @@ def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_erro
             embedded_rows.append(np.asarray(good, dtype=np.int64))
     rows = np.concatenate(embedded_rows) if embedded_rows else np.zeros(0, dtype=np.int64)
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
-    table = _set(table, C.EMBEDDING, _embeddings_array(matrix, rows, n, embedder.dim))
+    table = set_column(table, C.EMBEDDING, _embeddings_array(matrix, rows, n, embedder.dim))
     for column, scorer in ((C.AESTHETIC_SCORE, aesthetic), (C.NSFW_SCORE, nsfw)):
         if scorer is not None:
-            table = _set(table, column, _scores_array(scorer.score(matrix), rows, n))
-    return _record_failures(table, failures, on_error)
+            table = set_column(table, column, _scores_array(scorer.score(matrix), rows, n))
+    return record_failures(table, failures, on_error)
 
 
 def _stack(pixels: list) -> Any:
@@ -211,7 +134,7 @@ def score_table(table: pa.Table, scorer, column: str) -> pa.Table:
         scorer.check_width(width.list_size)
         matrix = np.zeros((0, width.list_size), dtype=np.float32)
     scores = scorer.score(matrix) if len(rows) else np.zeros(0, dtype=np.float32)
-    return _set(table, column, _scores_array(scores, rows, len(table)))
+    return set_column(table, column, _scores_array(scores, rows, len(table)))
 
 
 def score_partition(frame, scorer, column: str):

@@ -17,7 +17,7 @@ from .. import columns as C
 from ..backend import backend_of
 from ..errors import Failure
 from .decode import DEFAULT_MAX_PIXELS, DecodeFailure, decode_pool, validate_image
-from .embed import _column, _in_play, _member_name, _record_failures, fetch_images
+from .rows import column_values, fetch_images, in_play, member_name, record_failures
 
 CHUNK = 64  # images fetched and checked at a time (bounds memory)
 
@@ -44,8 +44,8 @@ def validate_table(table: pa.Table, *, on_error: str = "report", storage_options
     for name in C.ERROR_COLUMNS:  # the output always has them, failures or not, so its meta is fixed
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), pa.string()))
-    todo = np.flatnonzero(_in_play(table) & _has_image(table))
-    shards, keys = _column(table, C.SOURCE_SHARD), _column(table, C.KEY)
+    todo = np.flatnonzero(in_play(table) & _has_image(table))
+    shards, keys = column_values(table, C.SOURCE_SHARD), column_values(table, C.KEY)
     failures: dict[int, Failure] = {}
     for start in range(0, len(todo), CHUNK):
         rows = todo[start : start + CHUNK].tolist()
@@ -55,8 +55,8 @@ def validate_table(table: pa.Table, *, on_error: str = "report", storage_options
         checks = decode_pool().map(_check, [data for _, data in readable], [max_pixels] * len(readable))
         for (row, _), problem in zip(readable, checks):
             if problem is not None:
-                failures[row] = Failure(problem.reason, problem.detail, shards[row], _member_name(table, row), keys[row])
-    return _record_failures(table, failures, on_error)
+                failures[row] = Failure(problem.reason, problem.detail, shards[row], member_name(table, row), keys[row])
+    return record_failures(table, failures, on_error)
 
 
 def validate_partition(frame, *, on_error: str = "report", storage_options: dict | None = None,
