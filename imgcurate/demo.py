@@ -121,6 +121,10 @@ def run_demo(directory: str, scheduler: str | None = None) -> int:
     print(f"\n$ imgcurate query {output} \"SELECT key, caption, aesthetic_score, nsfw_score FROM samples "
           f"ORDER BY aesthetic_score DESC LIMIT 5\"")
     print(top.to_string(index=False))
+    from .report import write_report
+
+    report = write_report(output, os.path.join(directory, "report.html"))
+    print(f"\nreport: {report} (histograms, counts per stage, thumbnails of kept and dropped samples)")
     if models.random:
         print("\n(RANDOM weights: a demonstration of the pipeline, not a curation. See README, 'Model weights'.)")
     return 0 if result.write.samples else 1
