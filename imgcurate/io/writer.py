@@ -28,6 +28,7 @@ import math
 import re
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -80,12 +81,15 @@ class WriteOptions:
     source_storage_options: dict | None
     schema: pa.Schema  # the frame's columns, so every partition stages with the same types
     local: bool  # output on the local filesystem (rename into place) or an object store (write in place)
+    # each run stages under its own folder, so tasks of a killed run that are still finishing on a
+    # cluster can never write into the staging of the run that replaces it
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def url(self, *parts: str) -> str:
         return "/".join([self.output_url.rstrip("/"), *parts])
 
     def staged(self, stream: str, name: str) -> str:
-        return self.url(TMP_DIR, stream, name)
+        return self.url(TMP_DIR, self.run_id, stream, name)
 
     def published(self, stream: str, name: str) -> str:
         return self.url(name) if stream == KEPT else self.url(DROPPED_DIR, name)
@@ -332,7 +336,7 @@ class _Blobs:
     """Image bytes by (url, offset, size): staged spill files and source shards."""
 
     def __init__(self, options: WriteOptions):
-        self.spill_prefix = options.url(TMP_DIR)
+        self.spill_prefix = options.url(TMP_DIR, options.run_id)
         self.spill = RangeSource(options.storage_options)
         self.sources = RangeSource(options.source_storage_options)
 
