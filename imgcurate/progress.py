@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import dask
 from dask.base import named_schedulers
-from tqdm.auto import tqdm
+# plain text bars everywhere: tqdm.auto wants ipywidgets in Jupyter and warns without it
+from tqdm.std import tqdm
 
 log = logging.getLogger("imgcurate")
 
@@ -59,7 +60,7 @@ def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=N
     if progress:
         from tqdm.dask import TqdmCallback
 
-        context = TqdmCallback(desc=desc, unit="task")
+        context = TqdmCallback(desc=desc, unit="task", tqdm_class=tqdm)
     else:
         context = nullcontext()
     with context:

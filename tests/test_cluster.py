@@ -368,9 +368,9 @@ def test_curate_finishes_when_a_worker_is_killed_midway(cluster, dataset, thresh
 def test_rerun_after_the_job_was_killed_while_writing(cluster, dataset, thresholds, references, tmp_path, job, phase):
     out = tmp_path / "out"
     args = [*job_args(job, dataset, out, thresholds), "--scheduler", cluster.address, "--no-progress"]
-    # files that exist only while that phase is under way
-    phase_files = out / TMP_DIR / ("kept" if phase == "staging" else "out-kept")
-    pattern = "*.parquet" if phase == "staging" else "*.tar"
+    # files that exist only while that phase is under way (each run stages in its own folder)
+    pattern = "*/kept/*.parquet" if phase == "staging" else "*/out-kept/*.tar"
+    phase_files = out / TMP_DIR
 
     process = subprocess.Popen([str(BIN / "imgcurate"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
