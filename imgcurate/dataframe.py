@@ -56,7 +56,8 @@ def embed(df, embedder, *, aesthetic=None, nsfw=None, on_error: str = "report", 
     return df.map_partitions(embed_partition, embedder, **options, meta=meta)
 
 
-def _score(df, scorer, column: str):
+def score_with(df, scorer, column: str):
+    """Add ``column`` holding ``scorer``'s score of each row's ``embedding`` (null where there is none)."""
     from .ops.embed import score_partition
 
     meta = score_partition(df._meta, scorer, column)
@@ -67,14 +68,14 @@ def score_aesthetic(df, scorer=None):
     """Add ``aesthetic_score`` (LAION's ~1–10 scale) from the ``embedding`` column."""
     from .models import AestheticScorer
 
-    return _score(df, scorer or AestheticScorer(), columns.AESTHETIC_SCORE)
+    return score_with(df, scorer or AestheticScorer(), columns.AESTHETIC_SCORE)
 
 
 def score_nsfw(df, scorer=None):
     """Add ``nsfw_score`` (0–1, higher is more likely NSFW) from the ``embedding`` column."""
     from .models import NSFWScorer
 
-    return _score(df, scorer or NSFWScorer(), columns.NSFW_SCORE)
+    return score_with(df, scorer or NSFWScorer(), columns.NSFW_SCORE)
 
 
 def filter_aesthetic(df, threshold: float):

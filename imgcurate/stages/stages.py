@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from abc import ABC, abstractmethod
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -165,7 +164,7 @@ class ImageEmbeddingStage(Stage):
         return embed(df, self.embedder(), on_error=self.on_error, storage_options=context.storage_options)
 
 
-class _ScoreFilterStage(Stage, ABC):
+class _ScoreFilterStage(Stage):
     """Score with a LAION head, then mark the rows the threshold rejects (scores are kept either way)."""
 
     score_column: ClassVar[str]
@@ -182,13 +181,20 @@ class _ScoreFilterStage(Stage, ABC):
         self.verbose = verbose
         self._scorer = None
 
-    @abstractmethod
     def scorer(self):
-        """The head model (loaded lazily, once)."""
+        """The LAION head named like the stage (built once, on first use)."""
+        if self._scorer is None:
+            from ..models.heads import HEADS
 
-    @abstractmethod
+            head = HEADS[self.name]
+            self._scorer = head(self.weights or _in_dir(self.model_dir, head), device=self.device)
+        return self._scorer
+
     def score(self, df):
         """``df`` with this head's score column."""
+        from ..dataframe import score_with
+
+        return score_with(df, self.scorer(), self.score_column)
 
     def validate(self, context: Context) -> None:
         if self.score_threshold is not None:
@@ -231,17 +237,6 @@ class ImageAestheticFilterStage(_ScoreFilterStage):
                     f"scale (about 1–10), so almost every image is kept; thresholds such as 4.5–6 are usual")
         return super().scale_warning()
 
-    def scorer(self):
-        if self._scorer is None:
-            from ..models import AestheticScorer
-
-            self._scorer = AestheticScorer(self.weights or _in_dir(self.model_dir, AestheticScorer), device=self.device)
-        return self._scorer
-
-    def score(self, df):
-        from ..dataframe import score_aesthetic
-
-        return score_aesthetic(df, self.scorer())
 
 
 class ImageNSFWFilterStage(_ScoreFilterStage):
@@ -250,18 +245,6 @@ class ImageNSFWFilterStage(_ScoreFilterStage):
     name = "nsfw"
     score_column = C.NSFW_SCORE
     scale = (0.0, 1.0)
-
-    def scorer(self):
-        if self._scorer is None:
-            from ..models import NSFWScorer
-
-            self._scorer = NSFWScorer(self.weights or _in_dir(self.model_dir, NSFWScorer), device=self.device)
-        return self._scorer
-
-    def score(self, df):
-        from ..dataframe import score_nsfw
-
-        return score_nsfw(df, self.scorer())
 
 
 def _in_dir(model_dir: str | None, scorer_class) -> str | None:
