@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# real data that nobody here wrote, beside the checkout (or where $IMGCURATE_TEST_DATA points)
+SHARED_DATA = Path(os.environ.get("IMGCURATE_TEST_DATA") or REPO.parent / "shared" / "data")
 PHOTOS = SHARED_DATA / "photos"
 WDS_TESTDATA = SHARED_DATA / "webdataset-testdata"
 
