@@ -27,8 +27,6 @@ WDS_TESTDATA = SHARED_DATA / "webdataset-testdata"
 
 def pytest_configure(config):
     # a leftover IMGCURATE_SCHEDULER from the user's shell must not redirect the tests
-    import os
-
     os.environ.pop("IMGCURATE_SCHEDULER", None)
 
 
