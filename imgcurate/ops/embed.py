@@ -25,28 +25,29 @@ from .. import columns as C
 from ..backend import backend_of
 from ..errors import Failure
 from .decode import DecodeFailure, Preprocess, decode_for_device
-from .rows import decode_failure, fetch_images, in_play, record_failures, set_column
+from .rows import decode_failure, fetch_readable, in_play, record_failures, set_column
 
 CHUNK_BATCHES = 4  # images decoded at a time = this × the model's batch size (bounds memory)
 
 
+def _scatter(data: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` placed at ``rows`` of an ``n``-row float32 array (zeros elsewhere), and which rows hold data."""
+    values = np.zeros((n, *data.shape[1:]), dtype=np.float32)
+    values[rows] = data
+    valid = np.zeros(n, dtype=bool)
+    valid[rows] = True
+    return values, valid
+
+
 def _embeddings_array(vectors: np.ndarray, rows: np.ndarray, n: int, dim: int) -> pa.Array:
     """A fixed-size-list column of ``n`` rows, ``vectors`` at ``rows`` and null elsewhere."""
-    values = np.zeros((n, dim), dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
-    if len(rows):
-        values[rows] = vectors
-        valid[rows] = True
+    values, valid = _scatter(vectors, rows, n)
     storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
     return pc.if_else(pa.array(valid), storage, pa.nulls(n, C.embedding_type(dim)))
 
 
 def _scores_array(scores: np.ndarray, rows: np.ndarray, n: int) -> pa.Array:
-    values = np.zeros(n, dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
-    if len(rows):
-        values[rows] = scores
-        valid[rows] = True
+    values, valid = _scatter(scores, rows, n)
     return pa.array(values, pa.float32(), mask=~valid)
 
 
@@ -61,16 +62,10 @@ def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_erro
     vectors: list[np.ndarray] = []
     failures: dict[int, Failure] = {}
     for start in range(0, len(todo), chunk):
-        rows = todo[start : start + chunk]
-        images = fetch_images(table, rows.tolist(), storage_options)
-        decodable = [i for i, data in enumerate(images) if not isinstance(data, Failure)]
-        for i, data in enumerate(images):
-            if isinstance(data, Failure):
-                failures[int(rows[i])] = data
-        decoded = decode_for_device([images[i] for i in decodable], prep, embedder.device)
+        readable = fetch_readable(table, todo[start : start + chunk].tolist(), failures, storage_options)
+        decoded = decode_for_device([data for _, data in readable], prep, embedder.device)
         good, pixels = [], []
-        for i, result in zip(decodable, decoded):
-            row = int(rows[i])
+        for (row, _), result in zip(readable, decoded):
             if isinstance(result, DecodeFailure):
                 failures[row] = decode_failure(table, row, result)
             else:
@@ -129,11 +124,13 @@ def score_table(table: pa.Table, scorer, column: str) -> pa.Table:
     if C.EMBEDDING not in table.column_names:
         raise ValueError(f"no '{C.EMBEDDING}' column to score: embed the images first (imgcurate.embed)")
     rows, matrix = embedding_matrix(table.column(C.EMBEDDING))
-    width = table.column(C.EMBEDDING).type
-    if len(rows) == 0 and pa.types.is_fixed_size_list(width):
-        scorer.check_width(width.list_size)
-        matrix = np.zeros((0, width.list_size), dtype=np.float32)
-    scores = scorer.score(matrix) if len(rows) else np.zeros(0, dtype=np.float32)
+    if len(rows):
+        scores = scorer.score(matrix)
+    else:  # e.g. Dask's empty meta: still refuse the wrong width, before any data is read
+        column_type = table.column(C.EMBEDDING).type
+        if pa.types.is_fixed_size_list(column_type):
+            scorer.check_width(column_type.list_size)
+        scores = np.zeros(0, dtype=np.float32)
     return set_column(table, column, _scores_array(scores, rows, len(table)))
 
 

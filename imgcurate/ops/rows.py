@@ -33,25 +33,38 @@ def column_values(table: pa.Table, name: str) -> list:
 def fetch_images(table: pa.Table, rows: Sequence[int], storage_options: dict | None = None) -> list[bytes | Failure]:
     """The image bytes of ``rows``: from the ``image`` column when present, else by byte range
     from the source shard. A row without an image, or whose bytes cannot be read, gets a Failure."""
-    keys, shards = column_values(table, C.KEY), column_values(table, C.SOURCE_SHARD)
+    # only the requested rows are converted: callers go through a partition chunk by chunk
+    wanted = [name for name in (C.KEY, C.SOURCE_SHARD, C.IMAGE, C.IMAGE_OFFSET, C.IMAGE_NBYTES) if name in table.column_names]
+    picked = table.select(wanted).take(pa.array(rows, pa.int64()))
+    keys, shards = column_values(picked, C.KEY), column_values(picked, C.SOURCE_SHARD)
     out: list[bytes | Failure] = []
-    if C.IMAGE in table.column_names:
-        images = table.column(C.IMAGE).take(pa.array(rows, pa.int64())).to_pylist()
-        for row, data in zip(rows, images):
-            out.append(data if data is not None else
-                       Failure("no_image", "the sample has no image member", shards[row], key=keys[row]))
+    if C.IMAGE in picked.column_names:
+        for key, shard, data in zip(keys, shards, picked.column(C.IMAGE).to_pylist()):
+            out.append(data if data is not None else Failure("no_image", "the sample has no image member", shard, key=key))
         return out
-    offsets, sizes = column_values(table, C.IMAGE_OFFSET), column_values(table, C.IMAGE_NBYTES)
+    offsets, sizes = column_values(picked, C.IMAGE_OFFSET), column_values(picked, C.IMAGE_NBYTES)
     with RangeSource(storage_options) as source:
-        for row in rows:
-            if offsets[row] is None or sizes[row] is None or shards[row] is None:
-                out.append(Failure("no_image", "the sample has no image member", shards[row], key=keys[row]))
+        for key, shard, offset, size in zip(keys, shards, offsets, sizes):
+            if offset is None or size is None or shard is None:
+                out.append(Failure("no_image", "the sample has no image member", shard, key=key))
                 continue
             try:
-                out.append(source.read(shards[row], offsets[row], sizes[row]))
+                out.append(source.read(shard, offset, size))
             except OSError as exc:
-                out.append(Failure("unreadable_image", f"{type(exc).__name__}: {exc}", shards[row], key=keys[row]))
+                out.append(Failure("unreadable_image", f"{type(exc).__name__}: {exc}", shard, key=key))
     return out
+
+
+def fetch_readable(table: pa.Table, rows: Sequence[int], failures: dict[int, Failure],
+                   storage_options: dict | None = None) -> list[tuple[int, bytes]]:
+    """(row, bytes) for the ``rows`` whose image could be fetched; the others go into ``failures``."""
+    readable = []
+    for row, data in zip(rows, fetch_images(table, rows, storage_options)):
+        if isinstance(data, Failure):
+            failures[row] = data
+        else:
+            readable.append((row, data))
+    return readable
 
 
 def cell(table: pa.Table, name: str, row: int) -> Any:

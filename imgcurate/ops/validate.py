@@ -17,7 +17,7 @@ from .. import columns as C
 from ..backend import backend_of
 from ..errors import Failure
 from .decode import DEFAULT_MAX_PIXELS, DecodeFailure, decode_pool, validate_image
-from .rows import column_values, fetch_images, in_play, member_name, record_failures
+from .rows import decode_failure, fetch_readable, in_play, record_failures
 
 CHUNK = 64  # images fetched and checked at a time (bounds memory)
 
@@ -45,17 +45,13 @@ def validate_table(table: pa.Table, *, on_error: str = "report", storage_options
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), pa.string()))
     todo = np.flatnonzero(in_play(table) & _has_image(table))
-    shards, keys = column_values(table, C.SOURCE_SHARD), column_values(table, C.KEY)
     failures: dict[int, Failure] = {}
     for start in range(0, len(todo), CHUNK):
-        rows = todo[start : start + CHUNK].tolist()
-        images = fetch_images(table, rows, storage_options)
-        readable = [(row, data) for row, data in zip(rows, images) if not isinstance(data, Failure)]
-        failures.update((row, data) for row, data in zip(rows, images) if isinstance(data, Failure))
+        readable = fetch_readable(table, todo[start : start + CHUNK].tolist(), failures, storage_options)
         checks = decode_pool().map(_check, [data for _, data in readable], [max_pixels] * len(readable))
         for (row, _), problem in zip(readable, checks):
             if problem is not None:
-                failures[row] = Failure(problem.reason, problem.detail, shards[row], member_name(table, row), keys[row])
+                failures[row] = decode_failure(table, row, problem)
     return record_failures(table, failures, on_error)
 
 

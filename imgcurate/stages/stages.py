@@ -238,7 +238,6 @@ class ImageAestheticFilterStage(_ScoreFilterStage):
         return super().scale_warning()
 
 
-
 class ImageNSFWFilterStage(_ScoreFilterStage):
     """LAION NSFW score in [0, 1]; keeps images scoring below ``score_threshold``."""
 
