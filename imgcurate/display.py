@@ -18,7 +18,6 @@ import html
 import io
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -32,7 +31,6 @@ from . import columns as C
 THUMBNAIL_PX = 128
 DEFAULT_COLUMNS = (C.CAPTION, C.AESTHETIC_SCORE, C.NSFW_SCORE, C.DROPPED_BY)
 CAPTION_CHARS = 90
-_SHARD_PARQUET = re.compile(r"^\d{5,}\.parquet$")
 
 # Inline styles only: notebook front ends may drop <style> elements from outputs.
 _GRID_STYLE = "display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;font:12px/1.35 sans-serif"
@@ -247,13 +245,13 @@ def _head_table(df, n: int) -> pa.Table:
 
 def shard_files(directory: str, storage_options: dict | None = None) -> list[str]:
     """The ``NNNNN.parquet`` metadata files of an imgcurate output directory, in shard order."""
-    from .io.paths import filesystem, full_url
+    from .io.paths import filesystem
+    from .io.writer import shard_parquet_files
 
     fs, root = filesystem(os.fspath(directory), storage_options)
     if not fs.isdir(root):
         raise FileNotFoundError(f"{directory!r} is not a directory")
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    return [full_url(fs, f"{root}/{name}") for name in names if _SHARD_PARQUET.match(name)]
+    return shard_parquet_files(fs, root)
 
 
 def output_tiles(directory: str, n: int = 12, columns: Sequence[str] | None = None,

@@ -14,7 +14,6 @@ are refused with :class:`QueryError`.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Iterator
 
 import duckdb
@@ -23,8 +22,6 @@ import pyarrow.dataset as pads
 
 from . import columns as C
 from .errors import ImgcurateError
-
-_SHARD_PARQUET = re.compile(r"(^|/)\d{5,}\.parquet$")
 
 
 class QueryError(ImgcurateError, ValueError):
@@ -115,14 +112,14 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
         return {"samples": _frame_stream(dataset)}
     from .io.paths import filesystem, full_url, is_shard_name
     from .io.reader import read_webdataset
-    from .io.writer import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE
+    from .io.writer import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE, shard_parquet_files
 
     fs, root = filesystem(os.fspath(dataset), storage_options)
     if fs.isfile(root) and root.endswith(".parquet"):
         return {"samples": _parquet_dataset([full_url(fs, root)], storage_options)}
     if fs.isdir(root):
         names = fs.ls(root, detail=False)
-        shards = sorted(full_url(fs, p) for p in names if _SHARD_PARQUET.search(p))
+        shards = shard_parquet_files(fs, root)
         written_by_imgcurate = any(p.rstrip("/").endswith("/" + MANIFEST_FILE) for p in names)
         has_tars = any(is_shard_name(p) for p in names)
         # an input dataset's NNNNN.parquet are sidecars: partial metadata, joined by the reader
@@ -131,7 +128,7 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
             failures = [full_url(fs, p) for p in fs.glob(f"{root}/{FAILURES_DIR}/*.parquet")]
             if failures:
                 tables["failures"] = _parquet_dataset(failures, storage_options)
-            dropped = sorted(full_url(fs, p) for p in fs.glob(f"{root}/{DROPPED_DIR}/*.parquet") if _SHARD_PARQUET.search(p))
+            dropped = shard_parquet_files(fs, f"{root}/{DROPPED_DIR}") if fs.isdir(f"{root}/{DROPPED_DIR}") else []
             if dropped:
                 tables["dropped"] = _parquet_dataset(dropped, storage_options)
             return tables

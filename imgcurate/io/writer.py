@@ -63,6 +63,7 @@ SUMMARY_FILE = "_metadata"  # the Parquet summary file, so dask.read_parquet(out
 DROPPED_DIR = "_dropped"
 KEPT, DROPPED = "kept", "dropped"
 SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
+SHARD_PARQUET = re.compile(r"^\d{5,}\.parquet$")
 OUR_FILES = {INDEX_FILE, MANIFEST_FILE, FAILURES_DIR, SUMMARY_FILE, DROPPED_DIR, TMP_DIR, MARKER}
 
 # staged rows say where their image bytes are
@@ -439,6 +440,12 @@ def assemble_shards(plans: list[ShardPlan], options: WriteOptions) -> list[dict[
 
 # ---------------------------------------------------------------------------------------
 # The output directory
+
+
+def shard_parquet_files(fs, directory: str) -> list[str]:
+    """The ``NNNNN.parquet`` metadata files directly in ``directory`` (an output, or its ``_dropped/``), in shard order."""
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False))
+    return [full_url(fs, f"{directory}/{name}") for name in names if SHARD_PARQUET.match(name)]
 
 
 def _entries(fs, root: str) -> list[str]:
