@@ -8,9 +8,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgcurate.io.tar import (
-    DIRECTORY, FILE, HARDLINK, SPECIAL, SYMLINK, TarFormatError, iter_tar, member_header, padding, END_OF_ARCHIVE,
+    DIRECTORY, FILE, HARDLINK, SPECIAL, SYMLINK, TarFormatError, iter_tar, member_header, member_headers, padding,
+    END_OF_ARCHIVE,
 )
 
 from conftest import write_tar
@@ -129,3 +132,11 @@ def test_written_headers_are_read_by_tarfile_without_pax(tmp_path, name):
         assert info.name == name and info.size == len(payload) and info.mtime == 0 and info.uid == 0
         assert info.type == tarfile.REGTYPE and not info.pax_headers
         assert tar.extractfile(info).read() == payload
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet="ab/._-é€", min_size=1, max_size=130),
+                          st.one_of(st.integers(0, 1030), st.integers(0, 8**12))), max_size=30))
+def test_headers_built_at_once_are_the_ones_built_one_by_one(members):
+    names, sizes = [name for name, _ in members], [size for _, size in members]
+    assert [bytes(h) for h in member_headers(names, sizes)] == [member_header(n, s) for n, s in members]

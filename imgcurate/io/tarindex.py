@@ -2,13 +2,14 @@
 
 Most WebDataset shards are plain: regular files with short ASCII names, written one after
 another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For those, the headers
-are found by following the chain of sizes, then checked all at once with numpy (checksums,
-types, sizes, names), and members are grouped into samples by comparing keys as Arrow arrays,
-without an object per member. Only the small members' bytes are copied out; image bytes are
-gathered into one Arrow buffer when wanted, and otherwise only located.
+are found and checked all at once with numpy (the blocks marked ``ustar`` whose sizes chain one
+to the next; checksums, types, sizes, names), and members are grouped into samples by comparing
+keys as Arrow arrays, without an object per member. Only the small members' bytes are copied
+out; image bytes are gathered into one Arrow array by a single ``take`` when wanted, and
+otherwise only located.
 
-:func:`index_plain_tar` returns ``None`` for anything that is not plain (pax or GNU records,
-links, directories, names with a ``./`` prefix or ``..`` or characters outside a safe set, a
+:func:`index_plain_tar` returns ``None`` for anything that is not plain (headers without the
+ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./`` prefix or ``..`` or characters outside a safe set, a
 repeated extension within a sample, ``.gz`` members, bad checksums, a cut-short file): the
 caller then uses the member-by-member scanner (``tar.py``, ``samples.py``), which knows every
 rule and reports every failure. On the shards it accepts, both give the same samples.
@@ -16,7 +17,6 @@ rule and reports every failure. On the shards it accepts, both give the same sam
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
 _REGULAR = np.array([ord("0"), 0, ord("7")], dtype=np.uint8)  # the type flags tar.py reads as regular files
 _POSIX_MAGIC = np.frombuffer(b"ustar\x0000", dtype=np.uint8)
+_USTAR = np.frombuffer(b"ustar", dtype=np.uint8)  # POSIX ("ustar\\x0000") and GNU ("ustar  \\x00") headers
 _NAME_CHARS = np.zeros(256, dtype=bool)  # names made only of these need no normalisation
 for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0123456789", b"_-+./,=@%~"):
     _NAME_CHARS[np.frombuffer(_chars, dtype=np.uint8)] = True
@@ -42,8 +43,8 @@ class PlainShard:
 
     Per sample: ``keys`` and the image member (``image_ext``, ``image_offset``, ``image_nbytes``,
     ``None`` without one; ``images`` holds the bytes when they were wanted). The other members
-    are listed in tar order: ``member_sample`` (the sample they belong to), ``member_ext`` and
-    ``member_data``.
+    are listed in tar order: ``member_sample`` (the sample they belong to), ``member_code`` (their
+    extension, as a position in ``extensions``) and ``member_data``.
     """
 
     keys: list[str]
@@ -51,8 +52,9 @@ class PlainShard:
     image_offset: list[int | None]
     image_nbytes: list[int | None]
     images: pa.Array | None
-    member_sample: list[int]
-    member_ext: list[str]
+    member_sample: np.ndarray
+    member_code: np.ndarray
+    extensions: list[str]
     member_data: list[bytes]
 
     def __len__(self) -> int:
@@ -73,27 +75,33 @@ def _octal_fields(fields: np.ndarray) -> np.ndarray | None:
     return values
 
 
-def _header_chain(buffer, total: int) -> tuple[list[int], list[int]] | None:
-    """Header positions and sizes, following each header's size to the next; None where the chain
-    does not end cleanly (end-of-archive block or end of file)."""
-    starts, sizes = [], []
-    pos = 0
-    while pos + BLOCK <= total:
-        if buffer[pos] == 0 and buffer[pos : pos + BLOCK] == _ZERO_BLOCK:
-            return starts, sizes
-        field = buffer[pos + 124 : pos + 136]
-        if field[0] & 0x80:  # base-256 sizes (8 GiB and more)
-            return None
-        try:
-            size = int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-        except ValueError:
-            return None
-        if size < 0 or pos + BLOCK + size > total:
-            return None
-        starts.append(pos)
-        sizes.append(size)
-        pos += BLOCK + size + (-size) % BLOCK
-    return (starts, sizes) if pos == total else None
+def _header_chain(blocks: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Header positions and sizes; None unless every header carries the ustar magic and each one's
+    size leads to the next, ending cleanly (end-of-archive block or end of file).
+
+    Found without a loop over members: the blocks marked ``ustar`` are the candidates, and the
+    chain holds when each candidate's end is the next one's start. A marked block inside a
+    member's data (a tar stored in a tar) breaks the chain, and the scanner takes the shard.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    if len(blocks) == 0:
+        return None
+    maybe = np.flatnonzero(blocks[:, 257] == _USTAR[0])
+    marked = maybe[np.all(blocks[maybe, 257:262] == _USTAR, axis=1)]
+    if len(marked) == 0 or marked[0] != 0:
+        return (empty, empty) if not blocks[0].any() else None
+    sizes = _octal_fields(blocks[marked, 124:136])  # None for base-256 sizes (8 GiB and more) too
+    if sizes is None:
+        return None
+    starts = marked.astype(np.int64) * BLOCK
+    ends = starts + BLOCK + sizes + (-sizes) % BLOCK
+    breaks = np.flatnonzero(ends[:-1] != starts[1:])
+    last = int(breaks[0]) if len(breaks) else len(starts) - 1
+    end = int(ends[last])
+    # after the last member: the end of the file, or an end-of-archive block (anything after it is ignored, as tar does)
+    if end != total and not (end + BLOCK <= total and not blocks[end // BLOCK].any()):
+        return None
+    return starts[: last + 1], sizes[: last + 1]
 
 
 def _names(headers: np.ndarray) -> pa.Array | None:
@@ -112,28 +120,25 @@ def _names(headers: np.ndarray) -> pa.Array | None:
     return names
 
 
-def index_plain_tar(buffer, with_images: bool, fd: int | None = None) -> PlainShard | None:
-    """The samples of the tar in ``buffer`` (bytes, mmap, …) if it is plain, else None (see the module docstring).
-
-    With ``fd`` (the same file, open), image bytes are read from it with ``pread`` instead of
-    copied out of ``buffer``: the kernel copies them once, without faulting in a mapping first.
-    """
+def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
+    """The samples of the tar in ``buffer`` (bytes, an Arrow buffer, an mmap, …) if it is plain,
+    else None (see the module docstring)."""
     total = len(buffer)
-    chain = _header_chain(buffer, total)
+    blocks = np.frombuffer(buffer, dtype=np.uint8, count=total - total % BLOCK).reshape(-1, BLOCK)
+    chain = _header_chain(blocks, total)
     if chain is None:
         return None
-    starts, sizes = np.asarray(chain[0], dtype=np.int64), np.asarray(chain[1], dtype=np.int64)
+    starts, sizes = chain
     count = len(starts)
     if count == 0:
-        return PlainShard([], [], [], [], pa.array([], pa.binary()) if with_images else None, [], [], [])
-    blocks = np.frombuffer(buffer, dtype=np.uint8, count=total - total % BLOCK).reshape(-1, BLOCK)
+        none = np.zeros(0, dtype=np.int64)
+        return PlainShard([], [], [], [], pa.array([], pa.binary()) if with_images else None, none, none, [], [])
     headers = blocks[starts // BLOCK]
     del blocks  # an mmap cannot be closed while a view of it is alive
     unsigned_sum = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * ord(" ")
-    checksums, header_sizes = _octal_fields(headers[:, 148:156]), _octal_fields(headers[:, 124:136])
+    checksums = _octal_fields(headers[:, 148:156])  # (the sizes were read by _header_chain)
     posix = np.all(headers[:, 257:265] == _POSIX_MAGIC, axis=1)
-    if (checksums is None or header_sizes is None or not np.array_equal(checksums, unsigned_sum)
-            or not np.array_equal(header_sizes, sizes) or not np.all(np.isin(headers[:, 156], _REGULAR))
+    if (checksums is None or not np.array_equal(checksums, unsigned_sum) or not np.all(np.isin(headers[:, 156], _REGULAR))
             or np.any(posix & (headers[:, 345] != 0))):
         return None
     names = _names(headers)
@@ -177,38 +182,34 @@ def index_plain_tar(buffer, with_images: bool, fd: int | None = None) -> PlainSh
         image_ext[sample], image_offset[sample], image_nbytes[sample] = vocabulary[code], offset, size
     images = None
     if with_images:
-        images = _gather(buffer, fd, data_offsets[image_members], sizes[image_members], image_sample, samples)
+        images = _gather(buffer, data_offsets[image_members], sizes[image_members], image_sample, samples)
         if images is None:
             return None
-    member_data = [buffer[offset : offset + size] for offset, size in zip(data_offsets[loaded].tolist(), sizes[loaded].tolist())]
+    members = _gather(buffer, data_offsets[loaded], sizes[loaded], np.arange(len(loaded)), len(loaded))
+    if members is None:
+        return None
+    member_data = members.to_pylist()
     return PlainShard(
         keys=keys.take(pa.array(np.flatnonzero(starts_sample))).to_pylist(),
         image_ext=image_ext, image_offset=image_offset, image_nbytes=image_nbytes, images=images,
-        member_sample=sample_of[loaded].tolist(), member_ext=[vocabulary[c] for c in codes[loaded].tolist()],
-        member_data=member_data,
+        member_sample=sample_of[loaded], member_code=codes[loaded], extensions=vocabulary, member_data=member_data,
     )
 
 
-def _gather(buffer, fd: int | None, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, count: int) -> pa.Array | None:
-    """An Arrow binary array of ``count`` rows: the byte ranges at ``rows``, null elsewhere."""
-    total = int(sizes.sum())
-    if total > _MAX_BINARY_BYTES:
+def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, count: int) -> pa.Array | None:
+    """An Arrow binary array of ``count`` rows: the byte ranges of ``buffer`` at ``rows``, null elsewhere.
+
+    One ``take`` copies them all in Arrow's C++ (and without the GIL): ``buffer`` is seen as a
+    binary array whose values alternate between the bytes around the ranges and the ranges.
+    """
+    if int(sizes.sum()) > _MAX_BINARY_BYTES:
         return None
-    lengths = np.zeros(count, dtype=np.int64)
-    lengths[rows] = sizes
-    value_offsets = np.zeros(count + 1, dtype=np.int32)
-    np.cumsum(lengths, out=value_offsets[1:])
-    if fd is None:
-        with memoryview(buffer) as view:
-            data = pa.py_buffer(b"".join([view[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist())]))
-    else:
-        data = pa.allocate_buffer(total)  # from Arrow's pool, which reuses memory: fewer fresh pages to fault in
-        with memoryview(data) as view:
-            for start, offset, size in zip(value_offsets[rows].tolist(), offsets.tolist(), sizes.tolist()):
-                if os.preadv(fd, [view[start : start + size]], offset) != size:
-                    return None  # the file changed under us: the scanner will say how
-    valid = np.zeros(count, dtype=bool)
-    valid[rows] = True
-    validity = None if valid.all() else pa.array(valid).buffers()[1]
-    return pa.Array.from_buffers(pa.binary(), count, [validity, pa.py_buffer(value_offsets), data],
-                                 null_count=int(count - valid.sum()))
+    bounds = np.empty(2 * len(offsets) + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, len(buffer)
+    bounds[1:-1:2], bounds[2:-1:2] = offsets, offsets + sizes
+    pieces = pa.Array.from_buffers(pa.large_binary(), len(bounds) - 1, [None, pa.py_buffer(bounds), pa.py_buffer(buffer)])
+    which = np.full(count, -1, dtype=np.int64)
+    which[rows] = 2 * np.arange(len(rows)) + 1
+    gathered = pieces.take(pa.array(which, mask=which < 0))
+    del pieces  # releases the buffer (an mmap cannot be closed while it is exported)
+    return gathered.cast(pa.binary())

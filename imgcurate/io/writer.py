@@ -10,8 +10,8 @@ Two phases, each a set of independent Dask tasks, so memory is bounded by a few 
    per partition. Each task returns its counts.
 2. **assemble**: with the kept-row count of every partition known, output shard ``s`` holds
    rows ``[s*N, (s+1)*N)`` in input order, whichever partitions they come from. Tasks write
-   runs of consecutive shards, copying image bytes by byte range (in the kernel with
-   ``copy_file_range`` when both ends are local).
+   runs of consecutive shards, copying image bytes by byte range (batched ``preadv`` calls
+   from local sources, see :class:`~imgcurate.io.ranges.ShardSink`).
 
 Publishing: staged files live in ``_imgcurate_tmp/`` and an ``_imgcurate_incomplete`` marker
 stands in the output directory until the end; local shards are renamed into place at the end,
@@ -47,7 +47,7 @@ from ..progress import compute
 from .paths import filesystem, full_url, is_local_fs, writable_path
 from .ranges import RangeSource, ShardSink
 from .schema import JSON_TEXT
-from .tar import END_OF_ARCHIVE, member_header, padding
+from .tar import END_OF_ARCHIVE, member_headers, padding
 
 log = logging.getLogger("imgcurate")
 
@@ -349,12 +349,6 @@ class _Blobs:
         self.sources.close()
 
 
-def _add_member(sink: ShardSink, name: str, data: bytes) -> None:
-    sink.write(member_header(name, len(data)))
-    sink.write(data)
-    sink.write(padding(len(data)))
-
-
 def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: _Blobs) -> dict[str, Any]:
     keys, renames = unique_keys(rows.column(C.KEY).to_pylist())
     component_columns = [
@@ -371,34 +365,53 @@ def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: 
     components = {name: rows.column(name).to_pylist() for name in component_columns}
     extra_members = column(C.EXTRA_MEMBERS, C.EXTRA_MEMBERS_TYPE)
 
+    # every member, in tar order: its name, size, and bytes (for an image: the row, whose bytes are fetched by range)
+    names: list[str] = []
+    sizes: list[int] = []
+    contents: list[bytes | int] = []
+
+    def add(name: str, data: bytes) -> None:
+        names.append(name)
+        sizes.append(len(data))
+        contents.append(data)
+
+    for i, key in enumerate(keys):
+        if blob_url[i] is not None:
+            names.append(f"{key}.{image_ext[i] or 'jpg'}")
+            sizes.append(blob_size[i])
+            contents.append(i)
+        if captions[i] is not None:
+            add(f"{key}.txt", captions[i].encode("utf-8"))
+        if classes[i] is not None:
+            add(f"{key}.cls", str(classes[i]).encode("ascii"))
+        add(f"{key}.json", docs[i])
+        for ext, values in components.items():
+            if values[i] is not None:
+                add(f"{key}.{ext}", values[i])
+        for ext, data in extra_members[i] or ():
+            add(f"{key}.{ext}", data)
+
     tar_url = options.assembled(plan.stream, f"{plan.name}.tar")
     sink = ShardSink(tar_url, options.storage_options)
-    images: list[bytes | None] = []  # kept for the Parquet only with remove_image_data=False
+    images: list[bytes | None] = [None] * len(keys)  # kept for the Parquet only with remove_image_data=False
+    pending: list[bytes | memoryview] = []  # small members are joined into one write between images
     try:
-        for i, key in enumerate(keys):
-            if blob_url[i] is not None:
-                size = blob_size[i]
-                sink.write(member_header(f"{key}.{image_ext[i] or 'jpg'}", size))
-                source = blobs.source_for(blob_url[i])
+        for header, size, content in zip(member_headers(names, sizes), sizes, contents):
+            pending.append(header)
+            if isinstance(content, int):
+                sink.write(b"".join(pending))
+                pending.clear()
+                source = blobs.source_for(blob_url[content])
                 if options.remove_image_data:
-                    sink.copy_range(source, blob_url[i], blob_offset[i], size)
+                    sink.copy_range(source, blob_url[content], blob_offset[content], size)
                 else:
-                    images.append(source.read(blob_url[i], blob_offset[i], size))
-                    sink.write(images[-1])
-                sink.write(padding(size))
-            elif not options.remove_image_data:
-                images.append(None)
-            if captions[i] is not None:
-                _add_member(sink, f"{key}.txt", captions[i].encode("utf-8"))
-            if classes[i] is not None:
-                _add_member(sink, f"{key}.cls", str(classes[i]).encode("ascii"))
-            _add_member(sink, f"{key}.json", docs[i])
-            for ext, values in components.items():
-                if values[i] is not None:
-                    _add_member(sink, f"{key}.{ext}", values[i])
-            for ext, data in extra_members[i] or ():
-                _add_member(sink, f"{key}.{ext}", data)
-        sink.write(END_OF_ARCHIVE)
+                    images[content] = source.read(blob_url[content], blob_offset[content], size)
+                    sink.write(images[content])
+            else:
+                pending.append(content)
+            pending.append(padding(size))
+        pending.append(END_OF_ARCHIVE)
+        sink.write(b"".join(pending))
     finally:
         sink.close()
 

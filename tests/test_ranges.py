@@ -1,0 +1,98 @@
+"""ShardSink: byte ranges of local files land in the output exactly, however they are batched."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+import fsspec
+import pytest
+
+from imgcurate.io.ranges import RangeSource, ShardSink
+
+
+@pytest.fixture
+def sources(tmp_path):
+    rng = random.Random(7)
+    files = {}
+    for name, size in (("a.bin", 12 * 2**20), ("b.bin", 2**20)):
+        path = tmp_path / name
+        path.write_bytes(rng.randbytes(size))
+        files[name] = path
+    return files
+
+
+def plan(sources) -> list[tuple[str, int, int] | bytes]:
+    """Ranges and plain writes, mixing every way ranges can sit next to each other."""
+    a, b = str(sources["a.bin"]), str(sources["b.bin"])
+    steps: list[tuple[str, int, int] | bytes] = [
+        (a, 0, 100), (a, 100, 50),            # back to back
+        b"written between",
+        (a, 1000, 2000), (a, 3500, 1),        # small gaps: one read
+        (a, 600_000, 10),                     # a gap wider than the scratch area
+        (b, 5, 7), (a, 4000, 3),              # another file, then back
+        (a, 20, 30),                          # backwards
+        (a, 2**20, 9 * 2**20),                # larger than the sink's buffer
+        (b, 0, 0),                            # empty
+    ]
+    steps += [(b, 10 * i, 5) for i in range(1500)]  # more ranges than one preadv call takes
+    steps += [(a, 1000 * i, 1000) for i in range(9000)]  # more bytes than the buffer holds: several flushes
+    return steps
+
+
+def expected_bytes(steps) -> bytes:
+    out = bytearray()
+    for step in steps:
+        if isinstance(step, bytes):
+            out += step
+        else:
+            url, offset, size = step
+            with open(url, "rb") as f:
+                f.seek(offset)
+                out += f.read(size)
+    return bytes(out)
+
+
+def run(steps, url: str) -> int:
+    with RangeSource() as source:
+        sink = ShardSink(url)
+        try:
+            for step in steps:
+                if isinstance(step, bytes):
+                    sink.write(step)
+                else:
+                    sink.copy_range(source, *step)
+        finally:
+            sink.close()
+    return sink.size
+
+
+def test_ranges_land_exactly_on_a_local_sink(tmp_path, sources):
+    steps = plan(sources)
+    out = tmp_path / "out.bin"
+    size = run(steps, str(out))
+    expected = expected_bytes(steps)
+    assert size == len(expected)
+    assert out.read_bytes() == expected
+
+
+def test_ranges_land_exactly_on_a_remote_sink(sources):
+    steps = plan(sources)[:40]
+    run(steps, "memory://sink/out.bin")
+    with fsspec.open("memory://sink/out.bin", "rb") as f:
+        assert f.read() == expected_bytes(steps)
+
+
+def test_a_source_that_shrank_is_an_error_naming_it(tmp_path, sources):
+    path = sources["b.bin"]
+    out = tmp_path / "out.bin"
+    with RangeSource() as source:
+        sink = ShardSink(str(out))
+        sink.copy_range(source, str(path), 0, 100)
+        sink.copy_range(source, str(path), 900_000, 1000)
+        os.truncate(path, 500_000)  # after the ranges were queued, before they are read
+        with pytest.raises(OSError) as err:
+            sink.close()
+    assert err.value.errno == errno.EIO
+    assert str(path) in str(err.value) and "901000" in str(err.value)
