@@ -69,6 +69,7 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
             repeats,
             lambda: total_mb / timed(lambda: reshard_ours(dataset, clean(work / "ours"), per_tar)),
             lambda: total_mb / timed(lambda: copy_tree(dataset.directory, clean(work / "cp"))),
+            warm_up=True,
         )
         measures.append(compare("reshard throughput", "MB/s", ours, cp, "cp -r", ">= 0.5", minimum=0.5))
 
@@ -76,11 +77,13 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
             repeats,
             lambda: samples / timed(lambda: reshard_ours(dataset, clean(work / "ours"), per_tar)),
             lambda: samples / timed(lambda: reshard_webdataset(dataset, clean(work / "wds"), per_tar)),
+            warm_up=True,
         )
         measures.append(compare("reshard samples/s", "samples/s", ours, writer, "webdataset ShardWriter loop",
                                 ">= 3", minimum=3.0))
 
         ours, iterate, floor = [], [], []
+        read_ours(dataset), read_webdataset_iter(dataset), read_bytes(dataset)  # warm-up, untimed
         for _ in range(repeats):
             ours.append(samples / timed(lambda: read_ours(dataset)))
             iterate.append(samples / timed(lambda: read_webdataset_iter(dataset)))

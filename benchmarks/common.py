@@ -113,8 +113,14 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleave(repeats: int, ours: Callable[[], float], peer: Callable[[], float]) -> tuple[list[float], list[float]]:
-    """Run ours and the peer alternately, so drift on the machine hits both alike."""
+def interleave(repeats: int, ours: Callable[[], float], peer: Callable[[], float],
+               warm_up: bool = False) -> tuple[list[float], list[float]]:
+    """Run ours and the peer alternately, so drift on the machine hits both alike; ``warm_up``
+    first runs each once untimed (what the previous measure left behind, in the page cache and
+    the allocators, then weighs on neither side's first timed run)."""
+    if warm_up:
+        ours()
+        peer()
     ours_runs, peer_runs = [], []
     for _ in range(repeats):
         ours_runs.append(ours())
