@@ -9,8 +9,9 @@ out; image bytes are gathered into one Arrow array by a single ``take`` when wan
 otherwise only located.
 
 :func:`index_plain_tar` returns ``None`` for anything that is not plain (headers without the
-ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./`` prefix or ``..`` or characters outside a safe set, a
-repeated extension within a sample, ``.gz`` members, bad checksums, a cut-short file): the
+ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./``
+prefix or ``..`` or characters outside a safe set, a repeated extension within a sample,
+``.gz`` members, bad checksums, a cut-short file, a tar stored inside a member): the
 caller then uses the member-by-member scanner (``tar.py``, ``samples.py``), which knows every
 rule and reports every failure. On the shards it accepts, both give the same samples.
 """
@@ -26,7 +27,6 @@ import pyarrow.compute as pc
 from .samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES
 from .tar import BLOCK
 
-_ZERO_BLOCK = bytes(BLOCK)
 _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
 _REGULAR = np.array([ord("0"), 0, ord("7")], dtype=np.uint8)  # the type flags tar.py reads as regular files
 _POSIX_MAGIC = np.frombuffer(b"ustar\x0000", dtype=np.uint8)
