@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgspec
 import numpy as np
@@ -85,33 +85,41 @@ class _Rows:
         return len(self.key)
 
 
+def _json_object(data: bytes) -> dict[str, Any]:
+    doc = parse_json(data)
+    if not isinstance(doc, dict):
+        raise ValueError(f"top-level value is {type(doc).__name__}, not an object")
+    return doc
+
+
+def _class_number(data: bytes) -> int:
+    try:
+        return int(data.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {data[:40]!r}") from None
+
+
+# the members that become row fields: how each decodes (ValueError, with the failure's detail,
+# when it does not) and the failure reason when it does not
+_DECODERS: dict[str, tuple[Callable[[bytes], Any], str]] = {
+    "txt": (lambda data: data.decode("utf-8"), "invalid_caption"),
+    "cls": (_class_number, "invalid_cls"),
+    "json": (_json_object, "invalid_json"),
+}
+
+
 def _component_value(ext: str, data: bytes, key: str, shard: str, failures: list[Failure]) -> Any:
     """A non-image member's value in its row: caption text (``txt``), class number (``cls``), JSON
     object (``json``), or the bytes of any other component; None, with a failure recorded, when the
     member cannot be decoded."""
-    if ext == "txt":
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            failures.append(Failure("invalid_caption", str(exc), shard=shard, member=f"{key}.{ext}", key=key))
-            return None
-    if ext == "cls":
-        try:
-            return int(data.strip())
-        except ValueError:
-            failures.append(Failure("invalid_cls", f"not an integer: {data[:40]!r}", shard=shard, member=f"{key}.{ext}", key=key))
-            return None
-    if ext == "json":
-        try:
-            doc = parse_json(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            doc = exc
-        if not isinstance(doc, dict):
-            detail = str(doc) if isinstance(doc, Exception) else f"top-level value is {type(doc).__name__}, not an object"
-            failures.append(Failure("invalid_json", detail, shard=shard, member=f"{key}.{ext}", key=key))
-            return None
-        return doc
-    return data
+    if ext not in _DECODERS:
+        return data
+    decode, reason = _DECODERS[ext]
+    try:
+        return decode(data)
+    except ValueError as exc:  # UnicodeDecodeError and JSON errors included
+        failures.append(Failure(reason, str(exc), shard=shard, member=f"{key}.{ext}", key=key))
+        return None
 
 
 _ROW_FIELDS = {"txt": "caption", "cls": "cls", "json": "json"}
@@ -181,21 +189,6 @@ def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: 
     rows.caption, rows.cls, rows.json = columns["caption"], columns["cls"], columns["json"]
 
 
-def _json_objects(members: list[bytes]) -> list[dict[str, Any]]:
-    docs = [_JSON_DECODER.decode(data) for data in members]
-    if not all(type(doc) is dict for doc in docs):
-        raise ValueError("a .json member is not an object")
-    return docs
-
-
-# what _component_value does, for all the members of one extension at once; ValueError if any fails
-_DECODE_ALL = {
-    "txt": lambda members: [data.decode("utf-8") for data in members],
-    "cls": lambda members: [int(data.strip()) for data in members],
-    "json": _json_objects,
-}
-
-
 def _decode_by_extension(shard_columns: PlainShard) -> tuple[dict[str, list[Any]], dict[int, dict[str, Any]]]:
     """The caption, class and JSON columns, decoded one extension at a time, and each sample's
     other components (in tar order); raises ValueError when any member does not decode."""
@@ -208,7 +201,8 @@ def _decode_by_extension(shard_columns: PlainShard) -> tuple[dict[str, list[Any]
         if len(members) == 0:
             continue
         ext = extensions[code]
-        values = _DECODE_ALL[ext]([data[i] for i in members.tolist()])
+        decode = _DECODERS[ext][0]
+        values = [decode(data[i]) for i in members.tolist()]
         if len(members) == n:  # in every sample (an extension appears once per sample)
             columns[_ROW_FIELDS[ext]] = values
         else:
@@ -439,7 +433,7 @@ def shard_table(
 
     extra_members: list[list[tuple[str, bytes]] | None] = [None] * n
     component_values = {ext: [None] * n for ext in layout.components}
-    for i, others in sorted(rows.components.items()):
+    for i, others in rows.components.items():
         leftovers = []
         for ext, data in others.items():
             if ext in component_values:

@@ -271,21 +271,13 @@ def _raw_header(name: bytes, size: int, typeflag: bytes, prefix: bytes = b"") ->
 
 
 _BLANK = _raw_header(b"", 0, b"0")
-_BLANK_SUM = sum(_BLANK[:148]) + 256 + sum(_BLANK[156:])
 
 
 def member_header(name: str, size: int) -> bytes:
     """The header block(s) for a regular file ``name`` of ``size`` bytes."""
     encoded = name.encode("utf-8")
     if len(encoded) <= 100 and size < 8**11:
-        # the common case, on the write hot path: patch name and size into a blank header
-        header = bytearray(_BLANK)
-        header[0 : len(encoded)] = encoded
-        size_field = b"%011o\0" % size
-        header[124:136] = size_field
-        checksum = _BLANK_SUM + sum(encoded) + sum(size_field) - sum(_BLANK[124:136])
-        header[148:155] = b"%06o\0" % checksum
-        return bytes(header)
+        return _raw_header(encoded, size, b"0")
     split = encoded.rfind(b"/", 0, 156)
     if 0 < split and len(encoded) - split - 1 <= 100:
         return _raw_header(encoded[split + 1 :], size, b"0", prefix=encoded[:split])
@@ -303,7 +295,7 @@ def member_headers(names: list[str], sizes: list[int]) -> list[bytes | memoryvie
     patched into copies of the blank header with numpy, the rest built one by one."""
     encoded = [name.encode("utf-8") for name in names]
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    size_values = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    size_values = np.asarray(sizes, dtype=np.int64)
     short = (lengths <= 100) & (size_values < 8**11)
     rows = np.flatnonzero(short)
     headers = np.tile(np.frombuffer(_BLANK, dtype=np.uint8), (len(rows), 1))
