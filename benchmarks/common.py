@@ -27,7 +27,8 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PHOTOS = REPO.parent / "shared" / "data" / "photos"
+# the real photos beside the checkout, or where $IMGCURATE_TEST_DATA points (as for the tests)
+PHOTOS = Path(os.environ.get("IMGCURATE_TEST_DATA") or REPO.parent / "shared" / "data") / "photos"
 DATA = HERE / "data"
 RESULTS = HERE / "results"
 
