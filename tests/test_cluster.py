@@ -369,7 +369,7 @@ def test_rerun_after_the_job_was_killed_while_writing(cluster, dataset, threshol
     out = tmp_path / "out"
     args = [*job_args(job, dataset, out, thresholds), "--scheduler", cluster.address, "--no-progress"]
     # files that exist only while that phase is under way (each run stages in its own folder)
-    pattern = "*/kept/*.parquet" if phase == "staging" else "*/out-kept/*.tar"
+    pattern = "*/kept/*.arrow" if phase == "staging" else "*/out-kept/*.tar"
     phase_files = out / TMP_DIR
 
     process = subprocess.Popen([str(BIN / "imgcurate"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -499,7 +499,7 @@ def test_interrupted_output_is_replaced_and_said_so(corpus, tmp_path, caplog, ma
     # what a killed run leaves: the marker, half-staged files, a half-written shard, a shard of an earlier run;
     # staging without the marker is what tasks still running after a failed run's clean-up can leave
     (out / TMP_DIR / "kept").mkdir(parents=True)
-    (out / TMP_DIR / "kept" / "p000003.parquet").write_bytes(b"PAR1 half")
+    (out / TMP_DIR / "kept" / "p000003.arrow").write_bytes(b"ARROW1 half")
     if marked:
         (out / MARKER).write_text("{}")
     (out / "00001.tar").write_bytes(b"partial")

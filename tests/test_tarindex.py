@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from conftest import build_photo_dataset, write_tar
 from imgcurate.io import reader
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
 from imgcurate.io.schema import parse_json, shard_table
-from imgcurate.io.tarindex import index_plain_tar
+from imgcurate.io.tarindex import _KEY_EXT, _keys_and_extensions, _octal_fields, index_plain_tar
 
 
 def both_ways(path: Path, with_images: bool):
@@ -74,6 +76,18 @@ def test_webdataset_testdata_matches(wds_testdata):
 ])
 def test_plain_shards_match(tmp_path, members):
     shard = write_tar(tmp_path / "00000.tar", members)
+    assert is_plain(shard)
+    assert_same(shard)
+
+
+@pytest.mark.parametrize("names", [
+    ["d.x/a.jpg", "d.x/a.txt", "d.x/b.Tar.GZIP"],  # dots in a directory name, an extension with a dot
+    ["a..b.jpg", "a..b.txt", "c.d..e.jpg"],  # two dots inside a name are not a ".." component
+    ["dir/.hidden.jpg", "dir/.hidden.txt", "x.jpg"],  # a last component starting with a dot: the regex decides
+    ["deep/er/path/K-1_2+3.JPEG", "deep/er/path/K-1_2+3.TXT"],
+])
+def test_names_split_as_the_scanner_splits_them(tmp_path, names):
+    shard = write_tar(tmp_path / "00000.tar", [(name, str(i).encode()) for i, name in enumerate(names)])
     assert is_plain(shard)
     assert_same(shard)
 
@@ -224,3 +238,43 @@ def test_json_the_fast_parser_refuses_still_parses_as_before(text):
 def test_invalid_json_still_raises_a_value_error(text):
     with pytest.raises(ValueError):
         parse_json(text)
+
+
+def _octal_reference(field: bytes) -> int | None:
+    """What the fast path reads: padding, one run of octal digits, padding (anything else goes to the scanner)."""
+    if any(b not in b"01234567 \0" for b in field):
+        return None
+    digits = field.strip(b" \0")
+    return int(digits, 8) if digits and all(48 <= b <= 55 for b in digits) else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.integers(0, 8**11 - 1).map(lambda n: f"{n:011o}".encode() + b"\0"),  # what tarfile writes
+    st.integers(0, 8**6).map(lambda n: f"{n:o}".encode().rjust(8, b" ").ljust(12, b"\0")),
+    st.binary(min_size=12, max_size=12),
+    st.text("0127 \0x", min_size=12, max_size=12).map(str.encode),
+), min_size=1, max_size=20))
+def test_octal_fields_read_every_row_or_refuse_the_shard(fields):
+    expected = [_octal_reference(f) for f in fields]
+    got = _octal_fields(np.frombuffer(b"".join(fields), dtype=np.uint8).reshape(len(fields), 12))
+    if any(value is None for value in expected):
+        assert got is None
+    else:
+        assert got is not None and got.tolist() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text("aB./", min_size=1, max_size=12), min_size=1, max_size=8))
+def test_names_split_like_the_rule_they_follow(names):
+    headers = np.zeros((len(names), 512), dtype=np.uint8)
+    for i, name in enumerate(names):
+        headers[i, : len(name)] = np.frombuffer(name.encode(), dtype=np.uint8)
+    got = _keys_and_extensions(headers)
+    matches = [re.match(_KEY_EXT, name) for name in names]
+    if any(name.startswith("./") or re.search(r"(^|/)[.][.](/|$)", name) for name in names) or None in matches:
+        assert got is None
+    else:
+        assert got is not None
+        assert got[0].to_pylist() == [m["key"] for m in matches]
+        assert got[1].to_pylist() == [m["ext"].lower() for m in matches]

@@ -186,7 +186,7 @@ def test_interrupted_run_is_recognised_and_replaced(tmp_path, photo_dataset):
     out = tmp_path / "out"
     # what a run killed while assembling leaves behind: the marker, staging files, no manifest
     (out / TMP_DIR / "kept").mkdir(parents=True)
-    (out / TMP_DIR / "kept" / "p000000.parquet").write_bytes(b"half written")
+    (out / TMP_DIR / "kept" / "p000000.arrow").write_bytes(b"half written")
     (out / MARKER).write_text("{}")
     (out / "00000.tar").write_bytes(b"partial")
     result = write_webdataset(df, out, images_per_tar=7)
@@ -241,3 +241,45 @@ def test_bigger_photo_dataset_in_many_shards(tmp_path, photos):
     samples = build_photo_dataset(directory, photos, shards=6, sidecar=False)
     write_webdataset(read_webdataset(directory, with_images=False), tmp_path / "out", images_per_tar=4)
     assert [s["__key__"] for s in read_back(tmp_path / "out")] == [s["key"] for s in samples]
+
+
+def test_json_members_hold_every_metadata_column(tmp_path, photos):
+    """Plain JSON types go through msgspec, others (timestamps, decimals) through json.dumps;
+    NaN becomes null, a lone surrogate from a JSON escape is written escaped, big ints stay exact."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    from imgcurate.io.writer import sample_json_documents
+
+    plain = pa.table({
+        "key": ["a", "b"],
+        "score": [0.5, float("nan")],
+        "n": [3, None],
+        "tags": [["x", "é"], []],
+        "nested": [{"w": 1, "h": 2.5}, None],
+        "raw": pa.array(['{"big": 1180591620717411303424, "s": "\\ud800"}', None], pa.json_()),
+    })
+    docs = [json.loads(d) for d in sample_json_documents(plain, [])]
+    assert docs[0] == {"score": 0.5, "n": 3, "tags": ["x", "é"], "nested": {"w": 1, "h": 2.5},
+                       "raw": {"big": 2**70, "s": "\ud800"}}
+    assert docs[1] == {"score": None, "n": None, "tags": [], "nested": None, "raw": None}
+
+    typed = pa.table({
+        "key": ["a"],
+        "when": pa.array([datetime.datetime(2024, 5, 1, 12, 30)], pa.timestamp("us")),
+        "price": pa.array([decimal.Decimal("1.50")], pa.decimal128(5, 2)),
+        "caption_len": [7],
+    })
+    assert json.loads(sample_json_documents(typed, [])[0]) == {"when": "2024-05-01T12:30:00", "price": "1.50", "caption_len": 7}
+
+    # and through a whole write: the .json member of every written sample parses back to its row
+    shard = tmp_path / "in" / "00000.tar"
+    shard.parent.mkdir()
+    write_tar(shard, [("p0.jpg", photos[0].read_bytes()), ("p0.json", b'{"width": 10, "label": "\\u00e9t\\u00e9", "x": NaN}'),
+                      ("p1.jpg", photos[1].read_bytes()), ("p1.json", b'{"width": 20, "label": "b", "x": 1.5}')])
+    write_webdataset(read_webdataset(str(shard)), str(tmp_path / "out"), images_per_tar=10)
+    written = {s["__key__"]: json.loads(s["json"]) for s in read_back(tmp_path / "out")}
+    assert written["p0"]["label"] == "été" and written["p0"]["x"] is None and written["p1"]["x"] == 1.5
+    assert [written[k]["width"] for k in ("p0", "p1")] == [10, 20]

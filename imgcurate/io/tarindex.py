@@ -64,15 +64,16 @@ class PlainShard:
 def _octal_fields(fields: np.ndarray) -> np.ndarray | None:
     """Values of octal header fields, one per row (digits, then NULs or spaces); None if any is odd."""
     digit = (fields >= ord("0")) & (fields <= ord("7"))
-    padding = (fields == 0) | (fields == ord(" "))
-    started = np.cumsum(digit, axis=1) > 0
-    ended = np.cumsum(started & ~digit, axis=1) > 0
-    if not np.all(digit | padding) or np.any(ended & digit) or np.any(~started[:, -1]):
+    if not np.all(digit | (fields == 0) | (fields == ord(" "))):
         return None
-    values = np.zeros(len(fields), dtype=np.int64)
-    for column in range(fields.shape[1]):
-        values = np.where(digit[:, column], values * 8 + (fields[:, column].astype(np.int64) - ord("0")), values)
-    return values
+    width = fields.shape[1]
+    first = digit.argmax(axis=1)
+    last = width - 1 - digit[:, ::-1].argmax(axis=1)
+    # at least one digit, and no padding between digits
+    if not np.all(digit[np.arange(len(fields)), first]) or np.any(digit.sum(axis=1) != last - first + 1):
+        return None
+    places = np.clip(last[:, None] - np.arange(width), 0, None)  # each digit's power of 8
+    return np.where(digit, (fields.astype(np.int64) - ord("0")) << (3 * places), 0).sum(axis=1)
 
 
 def _header_chain(blocks: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -104,20 +105,46 @@ def _header_chain(blocks: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarra
     return starts[: last + 1], sizes[: last + 1]
 
 
-def _names(headers: np.ndarray) -> pa.Array | None:
-    """The member names as an Arrow string array, when every one is plain."""
+def _strings(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """An Arrow string array of ``data`` cut into pieces of ``lengths`` bytes."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _keys_and_extensions(headers: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
+    """Each member's key and lower-case extension, when every name is plain.
+
+    A name splits at the first dot of its last path component (samples.py's rule), found on
+    all names at once. Where some last component has no dot, or starts with one, the rule's
+    regular expression decides.
+    """
     raw = headers[:, :100]
     is_nul = raw == 0
     lengths = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), 100)
-    inside = np.arange(100) < lengths[:, None]
-    if np.any(lengths == 0) or not np.all(_NAME_CHARS[raw] | ~inside):
+    if np.any(lengths == 0):
         return None
-    offsets = np.zeros(len(raw) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    names = pa.Array.from_buffers(pa.string(), len(raw), [None, pa.py_buffer(offsets), pa.py_buffer(raw[inside])])
-    if pc.any(pc.starts_with(names, "./")).as_py() or pc.any(pc.match_substring_regex(names, r"(^|/)\.\.(/|$)")).as_py():
+    text = raw[np.arange(100) < lengths[:, None]]  # every name, one after another
+    if not np.all(_NAME_CHARS[text]) or np.any((raw[:, 0] == ord(".")) & (raw[:, 1] == ord("/"))):
         return None
-    return names
+    if np.any((text[:-1] == ord(".")) & (text[1:] == ord("."))):  # a ".." component is not plain; "a..b" is
+        if pc.any(pc.match_substring_regex(_strings(text, lengths), r"(^|/)\.\.(/|$)")).as_py():
+            return None
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    position = np.arange(len(text))
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    last_part = np.maximum(np.maximum.reduceat(np.where(text == ord("/"), position, -1), starts) + 1, starts)
+    first_dot = np.minimum.reduceat(np.where((text == ord(".")) & (position >= last_part[row]), position, len(text)), starts)
+    if np.any(first_dot >= ends) or np.any(first_dot == last_part):
+        parts = pc.extract_regex(_strings(text, lengths), _KEY_EXT)
+        if parts.null_count:  # a name without an extension: the scanner reports it
+            return None
+        return parts.field("key"), pc.utf8_lower(parts.field("ext"))
+    keys = _strings(text[position < first_dot[row]], first_dot - starts)
+    ext = text[position > first_dot[row]]
+    ext = np.where((ext >= ord("A")) & (ext <= ord("Z")), ext | 0x20, ext)  # names are ASCII (checked above)
+    return keys, _strings(ext, ends - first_dot - 1)
 
 
 def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
@@ -141,13 +168,10 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     if (checksums is None or not np.array_equal(checksums, unsigned_sum) or not np.all(np.isin(headers[:, 156], _REGULAR))
             or np.any(posix & (headers[:, 345] != 0))):
         return None
-    names = _names(headers)
-    if names is None:
+    split = _keys_and_extensions(headers)
+    if split is None:
         return None
-    parts = pc.extract_regex(names, _KEY_EXT)
-    if parts.null_count:  # a name without an extension: the scanner reports it
-        return None
-    keys, exts = parts.field("key"), pc.utf8_lower(parts.field("ext"))
+    keys, exts = split
     if pc.any(pc.ends_with(exts, ".gz")).as_py():
         return None
 
@@ -158,7 +182,7 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     encoded = pc.dictionary_encode(exts)
     codes = encoded.indices.to_numpy().astype(np.int64)
     vocabulary = encoded.dictionary.to_pylist()
-    if len(np.unique(sample_of * len(vocabulary) + codes)) != count:
+    if np.bincount(sample_of * len(vocabulary) + codes).max() > 1:
         return None
 
     # the image of a sample is its first member with an image extension

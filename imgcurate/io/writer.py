@@ -4,7 +4,7 @@ Two phases, each a set of independent Dask tasks, so memory is bounded by a few 
 
 1. **stage**: every partition is computed once. Its rows are split into kept, dropped (a
    filter stage marked them in ``dropped_by``) and failed (``error`` set). Kept rows are saved
-   as a small Parquet file in a staging directory; their image bytes stay where they are
+   as a small Arrow IPC file in a staging directory; their image bytes stay where they are
    (the source shard, found by the ``_image_offset`` the reader recorded) unless the frame
    itself holds them in an ``image`` column, in which case they are spilled to one blob file
    per partition. Each task returns its counts.
@@ -22,6 +22,7 @@ found it; a run that is killed leaves the marker, and the next run recognises it
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import dask
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -46,7 +48,7 @@ from ..errors import MEMBER_REASONS, SAMPLE_REASONS, SHARD_REASONS, OutputExists
 from ..progress import compute
 from .paths import filesystem, full_url, is_local_fs, writable_path
 from .ranges import RangeSource, ShardSink
-from .schema import JSON_TEXT
+from .schema import JSON_TEXT, parse_json
 from .tar import END_OF_ARCHIVE, member_headers, padding
 
 log = logging.getLogger("imgcurate")
@@ -182,6 +184,19 @@ def _write_parquet(table: pa.Table, url: str, storage_options: dict | None) -> p
     return footers[0]
 
 
+def _write_staged(table: pa.Table, url: str, storage_options: dict | None) -> None:
+    """Stage ``table`` as an Arrow IPC file: read back once by the same run, so no Parquet encoding."""
+    fs, path = writable_path(url, storage_options)
+    with fs.open(path, "wb") as f, pa.ipc.new_file(f, table.schema) as sink:
+        sink.write_table(table)
+
+
+def _read_staged(url: str, storage_options: dict | None) -> pa.Table:
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return pa.ipc.open_file(f).read_all()
+
+
 def _value_counts(array) -> dict[str, int]:
     if len(array) == 0:
         return {}
@@ -205,7 +220,7 @@ def stage_partition(frame, number: int, options: WriteOptions) -> dict[str, Any]
             name: _column_or_nulls(failures, name, options.schema.field(name).type if name in options.schema.names else pa.string())
             for name in FAILURE_COLUMNS
         })
-        _write_parquet(failure_table, options.staged("failures", f"p{number:06d}.parquet"), options.storage_options)
+        _write_staged(failure_table, options.staged("failures", f"p{number:06d}.arrow"), options.storage_options)
 
     stats: dict[str, Any] = {
         "partition": number,
@@ -219,7 +234,7 @@ def stage_partition(frame, number: int, options: WriteOptions) -> dict[str, Any]
         stats[stream] = len(rows)
         if len(rows):
             staged = _locate_images(rows, options.staged(stream, f"p{number:06d}.bin"), options)
-            _write_parquet(staged, options.staged(stream, f"p{number:06d}.parquet"), options.storage_options)
+            _write_staged(staged, options.staged(stream, f"p{number:06d}.arrow"), options.storage_options)
     stats.setdefault(DROPPED, int(pc.sum(dropped_mask).as_py() or 0))
     return stats
 
@@ -309,28 +324,62 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _plain_json_type(typ: pa.DataType) -> bool:
+    """Whether values of ``typ`` come out of ``to_pylist`` as JSON's own types (str, int, float, bool, None, list, dict)."""
+    if typ == JSON_TEXT or any(is_type(typ) for is_type in (
+            pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
+            pa.types.is_boolean, pa.types.is_null)):
+        return True
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        return _plain_json_type(typ.value_type)
+    if pa.types.is_struct(typ):
+        return all(_plain_json_type(typ.field(i).type) for i in range(typ.num_fields))
+    return False
+
+
+_JSON_ENCODER = msgspec.json.Encoder()  # NaN and infinities become null, as _clean makes them
+
+
+def _encode_json(doc: dict[str, Any], plain: bool) -> bytes:
+    if plain:
+        try:
+            return _JSON_ENCODER.encode(doc)
+        except UnicodeEncodeError:  # a lone surrogate (from a \ud800 escape): written escaped below
+            pass
+    try:
+        text = json.dumps(doc, ensure_ascii=False, default=_json_default, allow_nan=False)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, default=_json_default, allow_nan=False).encode("ascii")
+
+
 def sample_json_documents(rows: pa.Table, components: list[str]) -> list[bytes]:
-    """The ``.json`` member of each row: its metadata columns, with ``extra_json`` merged back."""
-    names = [
-        f.name for f in rows.schema
+    """The ``.json`` member of each row: its metadata columns, with ``extra_json`` merged back.
+
+    Columns of JSON's own types are encoded by msgspec (compact separators); other types
+    (timestamps, decimals, …) go through ``json.dumps`` with ``_json_default``.
+    """
+    fields = [
+        f for f in rows.schema
         if f.name not in C.NOT_IN_SAMPLE_JSON and not C.is_internal(f.name) and f.name not in components
         and not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)
     ]
-    docs: list[dict[str, Any]] = [{} for _ in range(len(rows))]
-    for name in names:
-        column = rows.column(name)
+    plain = all(_plain_json_type(f.type) for f in fields)
+    columns = []
+    for f in fields:
+        column = rows.column(f.name)
         if column.type == JSON_TEXT:
-            values = [None if v is None else json.loads(v) for v in _json_text(column)]
+            columns.append([None if v is None else parse_json(v) for v in _json_text(column)])
         else:
-            values = [_clean(v) for v in column.to_pylist()]
-        for doc, value in zip(docs, values):
-            doc[name] = value
+            columns.append([_clean(v) for v in column.to_pylist()])
+    names = [f.name for f in fields]
+    docs = [dict(zip(names, values)) for values in zip(*columns)] if columns else [{} for _ in range(len(rows))]
     if C.EXTRA_JSON in rows.column_names:
         for doc, extra in zip(docs, _json_text(rows.column(C.EXTRA_JSON))):
             if extra is not None:
-                for name, value in json.loads(extra).items():
+                for name, value in parse_json(extra).items():
                     doc.setdefault(name, value)
-    return [json.dumps(doc, ensure_ascii=False, default=_json_default, allow_nan=False).encode("utf-8") for doc in docs]
+    return [_encode_json(doc, plain) for doc in docs]
 
 
 class _Blobs:
@@ -436,10 +485,8 @@ def assemble_shards(plans: list[ShardPlan], options: WriteOptions) -> list[dict[
             pieces = []
             for partition, start, stop in plan.pieces:
                 if (plan.stream, partition) not in staged:
-                    url = options.staged(plan.stream, f"p{partition:06d}.parquet")
-                    fs, path = filesystem(url, options.storage_options)
-                    with fs.open(path, "rb") as f:
-                        staged[(plan.stream, partition)] = pq.read_table(f)
+                    url = options.staged(plan.stream, f"p{partition:06d}.arrow")
+                    staged[(plan.stream, partition)] = _read_staged(url, options.storage_options)
                 pieces.append(staged[(plan.stream, partition)].slice(start, stop - start))
             results.append(_write_shard(plan, pa.concat_tables(pieces).combine_chunks(), options, blobs))
             # a staged partition is not needed again once a later partition has started
@@ -562,14 +609,12 @@ def _collect_failures(options: WriteOptions, stats: list[dict[str, Any]]) -> pa.
     tables = []
     for s in stats:
         if s["failures_by_reason"]:
-            url = options.staged("failures", f"p{s['partition']:06d}.parquet")
-            fs, path = filesystem(url, options.storage_options)
-            with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
+            tables.append(_read_staged(options.staged("failures", f"p{s['partition']:06d}.arrow"), options.storage_options))
     schema = pa.schema([(name, pa.int64() if name == C.SOURCE_INDEX else pa.string()) for name in FAILURE_COLUMNS])
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
+@functools.cache  # asking importlib.metadata takes milliseconds, on every write
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -699,7 +744,7 @@ def write_webdataset(
         "counts": counts,
         "renamed_keys": renames[:MAX_LISTED_RENAMES],
         "shards": [{"tar": f"{r['number']:05d}.tar", "parquet": f"{r['number']:05d}.parquet", "samples": r["samples"], "bytes": r["bytes"]} for r in kept],
-        "versions": _versions(),
+        "versions": dict(_versions()),
     }
     if fs.exists(f"{root}/{TMP_DIR}"):
         fs.rm(f"{root}/{TMP_DIR}", recursive=True)
