@@ -283,3 +283,31 @@ def test_json_members_hold_every_metadata_column(tmp_path, photos):
     written = {s["__key__"]: json.loads(s["json"]) for s in read_back(tmp_path / "out")}
     assert written["p0"]["label"] == "été" and written["p0"]["x"] is None and written["p1"]["x"] == 1.5
     assert [written[k]["width"] for k in ("p0", "p1")] == [10, 20]
+
+
+def test_members_of_a_sample_keep_one_order(tmp_path, photos):
+    """Image, .txt, .cls, .json, component columns, then extra members in the order they came."""
+    jpeg = photos[0].read_bytes()
+    (tmp_path / "in").mkdir()
+    write_tar(tmp_path / "in" / "00000.tar", [
+        ("a.npy", b"A-npy"), ("a.json", b'{"n": 1}'), ("a.cls", b"3"), ("a.jpg", jpeg), ("a.txt", b"cap a"),
+        ("c.txt", b"no image"), ("c.json", b'{"n": 3}'),
+    ])
+    write_tar(tmp_path / "in" / "00001.tar", [
+        ("b.xyz", b"extra 1"), ("b.jpg", jpeg), ("b.abc", b"extra 2"), ("b.npy", b"B-npy"), ("b.json", b'{"n": 2}'),
+    ])
+    for with_images in (False, True):
+        out = tmp_path / f"out-{with_images}"
+        write_webdataset(read_webdataset(str(tmp_path / "in"), with_images=with_images), str(out), images_per_tar=2)
+        members = []
+        for shard in tars(out):
+            with tarfile.open(shard) as tar:
+                members += [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        assert [name for name, _ in members] == [
+            "a.jpg", "a.txt", "a.cls", "a.json", "a.npy", "c.txt", "c.json",
+            "b.jpg", "b.json", "b.npy", "b.xyz", "b.abc",
+        ]
+        data = dict(members)
+        assert data["a.jpg"] == data["b.jpg"] == jpeg
+        assert (data["a.npy"], data["b.xyz"], data["b.abc"], data["a.cls"]) == (b"A-npy", b"extra 1", b"extra 2", b"3")
+        assert [json.loads(data[f"{k}.json"])["n"] for k in "acb"] == [1, 3, 2]

@@ -18,7 +18,9 @@ from .paths import filesystem, is_local_fs, writable_path
 from .tar import is_compressed_shard
 
 READ_AHEAD = 8 * 2**20  # remote reads: fetch 8 MiB at a time, so neighbouring images come in one request
-SINK_BUFFER_BYTES = 8 * 2**20
+# small enough that what preadv puts in the buffer is still in the CPU cache when write copies it out
+# (8 MiB made the reshard ~30 % slower here; 256 KiB to 1 MiB measured alike)
+SINK_BUFFER_BYTES = 2**20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 # the bytes between two neighbouring ranges (other members, headers) are read into this and never
 # looked at, so every sink can share it; ranges further apart are read by separate calls

@@ -271,6 +271,7 @@ def _raw_header(name: bytes, size: int, typeflag: bytes, prefix: bytes = b"") ->
 
 
 _BLANK = _raw_header(b"", 0, b"0")
+_BLANK_SUM = sum(_BLANK[:148]) + 8 * ord(" ") + sum(_BLANK[156:])  # with the checksum field as spaces
 
 
 def member_header(name: str, size: int) -> bytes:
@@ -304,13 +305,15 @@ def member_headers(names: list[str], sizes: list[int]) -> list[bytes | memoryvie
     starts = np.cumsum(row_lengths) - row_lengths
     owner = np.repeat(np.arange(len(rows)), row_lengths)
     headers[owner, np.arange(len(name_bytes)) - starts[owner]] = name_bytes
-    headers[:, 124:135] = ord("0") + ((size_values[rows, None] >> (3 * np.arange(10, -1, -1))) & 7)
-    headers[:, 135] = 0
-    headers[:, 148:156] = ord(" ")  # the checksum is taken with its own field as spaces
-    checksums = headers.sum(axis=1, dtype=np.int64)
+    digits = (size_values[rows, None] >> (3 * np.arange(10, -1, -1))) & 7
+    headers[:, 124:135] = ord("0") + digits
+    # the checksum is the byte sum with its own field as spaces: the blank's, plus the name, plus the size digits
+    name_sums = np.concatenate([[0], np.cumsum(name_bytes, dtype=np.int64)])
+    checksums = _BLANK_SUM + (name_sums[starts + row_lengths] - name_sums[starts]) + digits.sum(axis=1)
     headers[:, 148:154] = ord("0") + ((checksums[:, None] >> (3 * np.arange(5, -1, -1))) & 7)
-    headers[:, 154] = 0
-    blocks = memoryview(headers.tobytes())
+    blocks = memoryview(headers.reshape(-1))
+    if len(rows) == len(encoded):
+        return [blocks[start : start + BLOCK] for start in range(0, len(rows) * BLOCK, BLOCK)]
     result: list[bytes | memoryview] = [b""] * len(encoded)
     for row, member in enumerate(rows.tolist()):
         result[member] = blocks[row * BLOCK : (row + 1) * BLOCK]

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 import dask
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -398,69 +399,69 @@ class _Blobs:
         self.sources.close()
 
 
-def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: _Blobs) -> dict[str, Any]:
-    keys, renames = unique_keys(rows.column(C.KEY).to_pylist())
+def _shard_members(rows: pa.Table, keys: list[str]) -> tuple[list[str], list[int], list[bytes | int]]:
+    """Every member of a shard in tar order: names, sizes and contents (an image's content is its
+    row, whose bytes are copied by range). Within a sample: image, .txt, .cls, .json, other
+    component columns, then the members kept in ``extra_members``."""
     component_columns = [
         f.name for f in rows.schema
         if (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)) and not C.is_internal(f.name) and f.name != C.IMAGE
     ]
-    docs = sample_json_documents(rows, component_columns)
 
     def column(name: str, typ: pa.DataType = pa.string()) -> list[Any]:
         return _column_or_nulls(rows, name, typ).to_pylist()
 
-    blob_url, blob_offset, blob_size = column(BLOB_URL), column(BLOB_OFFSET, pa.int64()), column(BLOB_SIZE, pa.int64())
-    image_ext, captions, classes = column(C.IMAGE_EXT), column(C.CAPTION), column(C.CLS, pa.int64())
-    components = {name: rows.column(name).to_pylist() for name in component_columns}
-    extra_members = column(C.EXTRA_MEMBERS, C.EXTRA_MEMBERS_TYPE)
+    blob_url, blob_size, image_ext = column(BLOB_URL), column(BLOB_SIZE, pa.int64()), column(C.IMAGE_EXT)
+    image_rows = [i for i, url in enumerate(blob_url) if url is not None]
+    samples = list(image_rows)
+    names = [f"{keys[i]}.{image_ext[i] or 'jpg'}" for i in image_rows]
+    sizes = [blob_size[i] for i in image_rows]
+    contents: list[bytes | int] = list(image_rows)
+    small = [
+        ("txt", [None if c is None else c.encode("utf-8") for c in column(C.CAPTION)]),
+        ("cls", [None if c is None else str(c).encode("ascii") for c in column(C.CLS, pa.int64())]),
+        ("json", sample_json_documents(rows, component_columns)),
+        *((name, rows.column(name).to_pylist()) for name in component_columns),
+    ]
+    for ext, values in small:
+        present = [i for i, value in enumerate(values) if value is not None]
+        samples += present
+        names += [f"{keys[i]}.{ext}" for i in present]
+        contents += [values[i] for i in present]
+    for i, extras in enumerate(column(C.EXTRA_MEMBERS, C.EXTRA_MEMBERS_TYPE)):
+        for ext, data in extras or ():
+            samples.append(i)
+            names.append(f"{keys[i]}.{ext}")
+            contents.append(data)
+    sizes += [len(data) for data in contents[len(image_rows):]]
+    order = np.argsort(np.asarray(samples, dtype=np.int64), kind="stable").tolist()  # sample by sample, kinds in the order above
+    return [names[j] for j in order], [sizes[j] for j in order], [contents[j] for j in order]
 
-    # every member, in tar order: its name, size, and bytes (for an image: the row, whose bytes are fetched by range)
-    names: list[str] = []
-    sizes: list[int] = []
-    contents: list[bytes | int] = []
 
-    def add(name: str, data: bytes) -> None:
-        names.append(name)
-        sizes.append(len(data))
-        contents.append(data)
-
-    for i, key in enumerate(keys):
-        if blob_url[i] is not None:
-            names.append(f"{key}.{image_ext[i] or 'jpg'}")
-            sizes.append(blob_size[i])
-            contents.append(i)
-        if captions[i] is not None:
-            add(f"{key}.txt", captions[i].encode("utf-8"))
-        if classes[i] is not None:
-            add(f"{key}.cls", str(classes[i]).encode("ascii"))
-        add(f"{key}.json", docs[i])
-        for ext, values in components.items():
-            if values[i] is not None:
-                add(f"{key}.{ext}", values[i])
-        for ext, data in extra_members[i] or ():
-            add(f"{key}.{ext}", data)
+def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: _Blobs) -> dict[str, Any]:
+    keys, renames = unique_keys(rows.column(C.KEY).to_pylist())
+    names, sizes, contents = _shard_members(rows, keys)
+    blob_url = _column_or_nulls(rows, BLOB_URL, pa.string()).to_pylist()
+    blob_offset = _column_or_nulls(rows, BLOB_OFFSET, pa.int64()).to_pylist()
 
     tar_url = options.assembled(plan.stream, f"{plan.name}.tar")
     sink = ShardSink(tar_url, options.storage_options)
     images: list[bytes | None] = [None] * len(keys)  # kept for the Parquet only with remove_image_data=False
-    pending: list[bytes | memoryview] = []  # small members are joined into one write between images
+    # header, content and padding of every member, one after another; what lies between two images goes out as one write
+    parts = [part for member in zip(member_headers(names, sizes), contents, map(padding, sizes)) for part in member]
+    parts.append(END_OF_ARCHIVE)
     try:
-        for header, size, content in zip(member_headers(names, sizes), sizes, contents):
-            pending.append(header)
-            if isinstance(content, int):
-                sink.write(b"".join(pending))
-                pending.clear()
-                source = blobs.source_for(blob_url[content])
-                if options.remove_image_data:
-                    sink.copy_range(source, blob_url[content], blob_offset[content], size)
-                else:
-                    images[content] = source.read(blob_url[content], blob_offset[content], size)
-                    sink.write(images[content])
+        written = 0
+        for at in [3 * j + 1 for j, content in enumerate(contents) if isinstance(content, int)]:
+            sink.write(b"".join(parts[written:at]))
+            row, written = parts[at], at + 1
+            source = blobs.source_for(blob_url[row])
+            if options.remove_image_data:
+                sink.copy_range(source, blob_url[row], blob_offset[row], sizes[at // 3])
             else:
-                pending.append(content)
-            pending.append(padding(size))
-        pending.append(END_OF_ARCHIVE)
-        sink.write(b"".join(pending))
+                images[row] = source.read(blob_url[row], blob_offset[row], sizes[at // 3])
+                sink.write(images[row])
+        sink.write(b"".join(parts[written:]))
     finally:
         sink.close()
 
