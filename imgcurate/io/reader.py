@@ -60,9 +60,11 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
     return samples, failures
 
 
-# Plain shards up to this size are read whole, in one read into Arrow's memory pool (which hands
-# the same memory to the next shard, and reads without the GIL); larger ones are mapped, so memory
-# stays bounded by the images wanted.
+# Shards whose images are wanted are read whole, up to this size, with one read into Arrow's memory
+# pool (which hands the same memory to the next shard, and reads without the GIL), and the images
+# are copied out of that. Larger shards, and shards read without their images, are mapped: the
+# header walk then touches only the pages that hold headers and small members, instead of
+# copying every image byte once for nothing, and memory stays bounded by what is kept.
 READ_WHOLE_MAX_BYTES = 512 * 2**20
 
 
@@ -79,7 +81,7 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 return None
-            if size > READ_WHOLE_MAX_BYTES:
+            if not task.with_images or size > READ_WHOLE_MAX_BYTES:
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                     return index_plain_tar(mapped, task.with_images)
             data = pa.allocate_buffer(size)

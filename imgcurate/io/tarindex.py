@@ -1,19 +1,20 @@
-"""Index a plain tar held in memory in one pass: the fast path of ``read_webdataset``.
+"""Index a plain tar in memory or mapped, in one pass: the fast path of ``read_webdataset``.
 
 Most WebDataset shards are plain: regular files with short ASCII names, written one after
 another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For those, the headers
-are found and checked all at once with numpy (the blocks marked ``ustar`` whose sizes chain one
-to the next; checksums, types, sizes, names), and members are grouped into samples by comparing
-keys as Arrow arrays, without an object per member. Only the small members' bytes are copied
-out; image bytes are gathered into one Arrow array by a single ``take`` when wanted, and
-otherwise only located.
+are found by following each member's size to the next header (a short Python loop that reads
+12 bytes per member and touches no member data), then checked all at once with numpy
+(checksums, types, sizes, names), and members are grouped into samples by comparing keys as
+Arrow arrays, without an object per member. Only the small members' bytes are copied out;
+image bytes are gathered into one Arrow array by a single ``take`` when wanted, and otherwise
+only located.
 
 :func:`index_plain_tar` returns ``None`` for anything that is not plain (headers without the
 ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./``
 prefix or ``..`` or characters outside a safe set, a repeated extension within a sample,
-``.gz`` members, bad checksums, a cut-short file, a tar stored inside a member): the
-caller then uses the member-by-member scanner (``tar.py``, ``samples.py``), which knows every
-rule and reports every failure. On the shards it accepts, both give the same samples.
+``.gz`` members, bad checksums, a cut-short file): the caller then uses the member-by-member
+scanner (``tar.py``, ``samples.py``), which knows every rule and reports every failure. On the
+shards it accepts, both give the same samples.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _NAME_CHARS = np.zeros(256, dtype=bool)  # names made only of these need no norm
 for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0123456789", b"_-+./,=@%~"):
     _NAME_CHARS[np.frombuffer(_chars, dtype=np.uint8)] = True
 _MAX_BINARY_BYTES = 2**31 - 1  # Arrow binary offsets are 32-bit
+_ZERO_BLOCK = bytes(BLOCK)
 
 
 @dataclass
@@ -76,33 +78,37 @@ def _octal_fields(fields: np.ndarray) -> np.ndarray | None:
     return np.where(digit, (fields.astype(np.int64) - ord("0")) << (3 * places), 0).sum(axis=1)
 
 
-def _header_chain(blocks: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Header positions and sizes; None unless every header carries the ustar magic and each one's
-    size leads to the next, ending cleanly (end-of-archive block or end of file).
-
-    Found without a loop over members: the blocks marked ``ustar`` are the candidates, and the
-    chain holds when each candidate's end is the next one's start. A marked block inside a
-    member's data (a tar stored in a tar) breaks the chain, and the scanner takes the shard.
+def _walk_headers(buffer) -> tuple[np.ndarray, np.ndarray] | None:
+    """Header positions and member sizes, each header found from the one before it (its size says
+    where the next begins); None unless the chain ends cleanly, at an end-of-archive block or at
+    the end of the file. Member data is stepped over, never looked at: a tar stored in a member
+    is only data.
     """
-    empty = np.zeros(0, dtype=np.int64)
-    if len(blocks) == 0:
-        return None
-    maybe = np.flatnonzero(blocks[:, 257] == _USTAR[0])
-    marked = maybe[np.all(blocks[maybe, 257:262] == _USTAR, axis=1)]
-    if len(marked) == 0 or marked[0] != 0:
-        return (empty, empty) if not blocks[0].any() else None
-    sizes = _octal_fields(blocks[marked, 124:136])  # None for base-256 sizes (8 GiB and more) too
-    if sizes is None:
-        return None
-    starts = marked.astype(np.int64) * BLOCK
-    ends = starts + BLOCK + sizes + (-sizes) % BLOCK
-    breaks = np.flatnonzero(ends[:-1] != starts[1:])
-    last = int(breaks[0]) if len(breaks) else len(starts) - 1
-    end = int(ends[last])
-    # after the last member: the end of the file, or an end-of-archive block (anything after it is ignored, as tar does)
-    if end != total and not (end + BLOCK <= total and not blocks[end // BLOCK].any()):
-        return None
-    return starts[: last + 1], sizes[: last + 1]
+    starts: list[int] = []
+    sizes: list[int] = []
+    position = 0
+    with memoryview(buffer) as view:
+        total = view.nbytes
+        while position < total:
+            if position + BLOCK > total:
+                return None
+            field = view[position + 124 : position + 136].tobytes()
+            if not field[0]:  # no size: the end-of-archive block, or a header the scanner must judge
+                if view[position : position + BLOCK] == _ZERO_BLOCK:
+                    break
+                return None
+            try:
+                size = int(field.split(b"\0", 1)[0], 8)  # checked against the strict reading below
+            except ValueError:
+                return None
+            if size < 0:
+                return None
+            starts.append(position)
+            sizes.append(size)
+            position += BLOCK + size + (-size % BLOCK)
+        if position > total:  # the last member is cut short
+            return None
+    return np.array(starts, dtype=np.int64), np.array(sizes, dtype=np.int64)
 
 
 def _strings(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
@@ -150,9 +156,7 @@ def _keys_and_extensions(headers: np.ndarray) -> tuple[pa.Array, pa.Array] | Non
 def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     """The samples of the tar in ``buffer`` (bytes, an Arrow buffer, an mmap, …) if it is plain,
     else None (see the module docstring)."""
-    total = len(buffer)
-    blocks = np.frombuffer(buffer, dtype=np.uint8, count=total - total % BLOCK).reshape(-1, BLOCK)
-    chain = _header_chain(blocks, total)
+    chain = _walk_headers(buffer)
     if chain is None:
         return None
     starts, sizes = chain
@@ -160,10 +164,13 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     if count == 0:
         none = np.zeros(0, dtype=np.int64)
         return PlainShard([], [], [], [], pa.array([], pa.binary()) if with_images else None, none, none, [], [])
+    blocks = np.frombuffer(buffer, dtype=np.uint8, count=int(starts[-1]) + BLOCK).reshape(-1, BLOCK)
     headers = blocks[starts // BLOCK]
     del blocks  # an mmap cannot be closed while a view of it is alive
+    if not np.all(headers[:, 257:262] == _USTAR) or not np.array_equal(_octal_fields(headers[:, 124:136]), sizes):
+        return None  # old v7 headers, or sizes the strict reading refuses (base-256 for 8 GiB and more, among others)
     unsigned_sum = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * ord(" ")
-    checksums = _octal_fields(headers[:, 148:156])  # (the sizes were read by _header_chain)
+    checksums = _octal_fields(headers[:, 148:156])
     posix = np.all(headers[:, 257:265] == _POSIX_MAGIC, axis=1)
     if (checksums is None or not np.array_equal(checksums, unsigned_sum) or not np.all(np.isin(headers[:, 156], _REGULAR))
             or np.any(posix & (headers[:, 345] != 0))):
