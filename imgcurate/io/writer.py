@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import re
 import sys
 import time
@@ -321,10 +320,6 @@ def _json_text(column: pa.ChunkedArray) -> list[str | None]:
     return [v for chunk in column.chunks for v in chunk.storage.to_pylist()]
 
 
-def _clean(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _plain_json_type(typ: pa.DataType) -> bool:
     """Whether values of ``typ`` come out of ``to_pylist`` as JSON's own types (str, int, float, bool, None, list, dict)."""
     if typ == JSON_TEXT or any(is_type(typ) for is_type in (
@@ -338,7 +333,7 @@ def _plain_json_type(typ: pa.DataType) -> bool:
     return False
 
 
-_JSON_ENCODER = msgspec.json.Encoder()  # NaN and infinities become null, as _clean makes them
+_JSON_ENCODER = msgspec.json.Encoder()  # NaN and infinities (nested in lists or structs) become null
 
 
 def _encode_json(doc: dict[str, Any], plain: bool) -> bytes:
@@ -371,8 +366,10 @@ def sample_json_documents(rows: pa.Table, components: list[str]) -> list[bytes]:
         column = rows.column(f.name)
         if column.type == JSON_TEXT:
             columns.append([None if v is None else parse_json(v) for v in _json_text(column)])
+        elif pa.types.is_floating(column.type):  # JSON has no NaN or infinity: null instead
+            columns.append(pc.if_else(pc.is_finite(column), column, None).to_pylist())
         else:
-            columns.append([_clean(v) for v in column.to_pylist()])
+            columns.append(column.to_pylist())
     names = [f.name for f in fields]
     docs = [dict(zip(names, values)) for values in zip(*columns)] if columns else [{} for _ in range(len(rows))]
     if C.EXTRA_JSON in rows.column_names:
