@@ -486,7 +486,7 @@ def assemble_shards(plans: list[ShardPlan], options: WriteOptions) -> list[dict[
                     url = options.staged(plan.stream, f"p{partition:06d}.arrow")
                     staged[(plan.stream, partition)] = _read_staged(url, options.storage_options)
                 pieces.append(staged[(plan.stream, partition)].slice(start, stop - start))
-            results.append(_write_shard(plan, pa.concat_tables(pieces).combine_chunks(), options, blobs))
+            results.append(_write_shard(plan, pa.concat_tables(pieces), options, blobs))
             # a staged partition is not needed again once a later partition has started
             last = plan.pieces[-1][0]
             for cached in [k for k in staged if k[1] < last]:
