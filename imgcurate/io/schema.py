@@ -244,7 +244,7 @@ def _json_columns(rows: _Rows, reserved: set[str]) -> dict[str, list[Any]]:
         # the usual shard: every sample's .json has the same fields in the same order
         names = tuple(docs[0])
         if not reserved.intersection(names) and all(doc is not None and tuple(doc) == names for doc in docs):
-            return dict(zip(names, map(list, zip(*[doc.values() for doc in docs]))))
+            return {name: [doc[name] for doc in docs] for name in names}
     columns: dict[str, list[Any]] = {}
     for i, doc in enumerate(docs):
         for name, value in (doc or {}).items():
