@@ -33,7 +33,7 @@ class RangeSource:
 
     def __init__(self, storage_options: dict | None = None):
         self.storage_options = storage_options
-        self._local: dict[str, int] = {}
+        self._local: dict[str, int | None] = {}  # None: not a local uncompressed file
         self._remote: dict[str, BinaryIO] = {}
         self._gzip: dict[str, tuple[BinaryIO, gzip.GzipFile]] = {}
 
@@ -44,15 +44,18 @@ class RangeSource:
         self.close()
 
     def local_fd(self, url: str) -> int | None:
-        """An OS file descriptor for ``url`` when it is an uncompressed local file."""
-        if is_compressed_shard(url):
-            return None
-        if url not in self._local:
+        """An OS file descriptor for ``url`` when it is an uncompressed local file (asked once per image: cached)."""
+        try:
+            return self._local[url]
+        except KeyError:
+            pass
+        fd = None
+        if not is_compressed_shard(url):
             fs, path = filesystem(url, self.storage_options)
-            if not is_local_fs(fs):
-                return None
-            self._local[url] = os.open(path, os.O_RDONLY)
-        return self._local[url]
+            if is_local_fs(fs):
+                fd = os.open(path, os.O_RDONLY)
+        self._local[url] = fd
+        return fd
 
     def read(self, url: str, offset: int, size: int) -> bytes:
         if is_compressed_shard(url):
@@ -90,7 +93,8 @@ class RangeSource:
 
     def close(self) -> None:
         for fd in self._local.values():
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         for f in self._remote.values():
             f.close()
         for raw, stream in self._gzip.values():
