@@ -72,6 +72,10 @@ def test_webdataset_testdata_matches(wds_testdata):
     [("s/01.json", b'{"n": 1, "big": 18446744073709551616}'), ("s/01.jpg", b"1"),
      ("s/02.json", b'{"n": 2.5, "big": 3}'), ("s/02.jpg", b"2"), ("s/03.jpg", b"")],  # values that do not fit their column
     [("a.JPG", b"1"), ("a.Txt", b"upper case extensions")],
+    # .json documents that would read as valid if they ran into each other: each must fail on its own
+    [("a.jpg", b"1"), ("a.json", b'{"a": [1'), ("b.jpg", b"2"), ("b.json", b'2]}'), ("c.jpg", b"3"), ("c.json", b'{"x": 1},{"y": 2}')],
+    [("a.jpg", b"1"), ("a.json", b'{\n "w": 1,\n "h": [2,\n 3]\n}'), ("b.jpg", b"2"), ("b.json", b'{"w": 4, "h": [5, 6]}'),
+     ("c.jpg", b"3"), ("c.json", b"")],  # a document over several lines, an empty one
     [],
 ])
 def test_plain_shards_match(tmp_path, members):

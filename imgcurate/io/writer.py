@@ -377,6 +377,11 @@ def sample_json_documents(rows: pa.Table, components: list[str]) -> list[bytes]:
             if extra is not None:
                 for name, value in parse_json(extra).items():
                     doc.setdefault(name, value)
+    if plain:
+        try:  # one call for the shard: msgspec never writes a raw newline inside a document
+            return _JSON_ENCODER.encode_lines(docs).split(b"\n")[:-1]
+        except UnicodeEncodeError:  # a lone surrogate somewhere: document by document below
+            pass
     return [_encode_json(doc, plain) for doc in docs]
 
 
@@ -464,7 +469,8 @@ def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: 
 
     drop = [n for n in rows.column_names if C.is_internal(n) or n in C.ERROR_COLUMNS or (n == C.DROPPED_BY and plan.stream == KEPT)]
     metadata = rows.drop_columns(drop)
-    metadata = metadata.set_column(metadata.schema.get_field_index(C.KEY), C.KEY, pa.array(keys, pa.string()))
+    if renames:
+        metadata = metadata.set_column(metadata.schema.get_field_index(C.KEY), C.KEY, pa.array(keys, pa.string()))
     if not options.remove_image_data:
         metadata = metadata.add_column(1, C.IMAGE, pa.array(images, pa.binary()))
     footer = _write_parquet(metadata, options.assembled(plan.stream, f"{plan.name}.parquet"), options.storage_options)
