@@ -22,6 +22,7 @@ import numpy as np
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+ZERO_BLOCK = bytes(BLOCK)  # one end-of-archive block: where reading stops
 
 FILE, DIRECTORY, SYMLINK, HARDLINK, SPECIAL = "file", "directory", "symlink", "hardlink", "special"
 _KINDS = {
@@ -145,7 +146,7 @@ class _Scanner:
                 return None  # archives without end-of-archive blocks are common and valid enough
             if len(header) < BLOCK:
                 raise TarFormatError(_first_error(pos), f"shard ends inside a tar header at byte {pos}", pos)
-            if header == b"\0" * BLOCK:
+            if header == ZERO_BLOCK:
                 return None
             if not _checksum_ok(header):
                 raise TarFormatError(_first_error(pos), f"invalid tar header at byte {pos}", pos)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES
-from .tar import BLOCK
+from .tar import BLOCK, ZERO_BLOCK
 
 _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
 _REGULAR = np.array([ord("0"), 0, ord("7")], dtype=np.uint8)  # the type flags tar.py reads as regular files
@@ -36,7 +36,6 @@ _NAME_CHARS = np.zeros(256, dtype=bool)  # names made only of these need no norm
 for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0123456789", b"_-+./,=@%~"):
     _NAME_CHARS[np.frombuffer(_chars, dtype=np.uint8)] = True
 _MAX_BINARY_BYTES = 2**31 - 1  # Arrow binary offsets are 32-bit
-_ZERO_BLOCK = bytes(BLOCK)
 
 
 @dataclass
@@ -94,7 +93,7 @@ def _walk_headers(buffer) -> tuple[np.ndarray, np.ndarray] | None:
                 return None
             field = view[position + 124 : position + 136].tobytes()
             if not field[0]:  # no size: the end-of-archive block, or a header the scanner must judge
-                if view[position : position + BLOCK] == _ZERO_BLOCK:
+                if view[position : position + BLOCK] == ZERO_BLOCK:
                     break
                 return None
             try:
