@@ -85,6 +85,22 @@ class _Rows:
         return len(self.key)
 
 
+_JSON_DECODER = msgspec.json.Decoder()
+
+
+def parse_json(data: bytes) -> Any:
+    """``json.loads(data)``, about seven times faster on the usual documents.
+
+    msgspec gives the same values as the standard library for what it accepts; what it refuses
+    and the standard library takes (``NaN``, ``1e400``, lone surrogates, a byte-order mark) goes
+    to ``json.loads``, so every document parses exactly as before.
+    """
+    try:
+        return _JSON_DECODER.decode(data)
+    except msgspec.DecodeError:
+        return json.loads(data)
+
+
 def _json_object(data: bytes) -> dict[str, Any]:
     doc = parse_json(data)
     if not isinstance(doc, dict):
@@ -139,21 +155,6 @@ def _component_value(ext: str, data: bytes, key: str, shard: str, failures: list
 
 
 _ROW_FIELDS = {"txt": "caption", "cls": "cls", "json": "json"}
-_JSON_DECODER = msgspec.json.Decoder()
-
-
-def parse_json(data: bytes) -> Any:
-    """``json.loads(data)``, about seven times faster on the usual documents.
-
-    msgspec gives the same values as the standard library for what it accepts; what it refuses
-    and the standard library takes (``NaN``, ``1e400``, lone surrogates, a byte-order mark) goes
-    to ``json.loads``, so every document parses exactly as before.
-    """
-    try:
-        return _JSON_DECODER.decode(data)
-    except msgspec.DecodeError:
-        return json.loads(data)
-
 
 
 def _decode_sample(sample: Sample, rows: _Rows, shard: str, failures: list[Failure]) -> None:
