@@ -96,3 +96,14 @@ def test_a_source_that_shrank_is_an_error_naming_it(tmp_path, sources):
             sink.close()
     assert err.value.errno == errno.EIO
     assert str(path) in str(err.value) and "901000" in str(err.value)
+
+
+@pytest.mark.parametrize("expected_size", [0, 10, 4096, 2**20])
+def test_reserved_space_never_outlives_what_was_written(tmp_path, sources, expected_size):
+    out = tmp_path / "out.tar"
+    sink = ShardSink(str(out), expected_size=expected_size)
+    sink.write(b"header")
+    with RangeSource() as source:
+        sink.copy_range(source, str(sources["b.bin"]), 100, 4000)
+        sink.close()
+    assert out.read_bytes() == b"header" + sources["b.bin"].read_bytes()[100:4100]

@@ -12,6 +12,7 @@ import pytest
 import webdataset as wds
 
 import imgcurate
+from imgcurate.io import reader
 from imgcurate.io.reader import read_webdataset
 
 from conftest import write_tar
@@ -180,6 +181,31 @@ def test_failure_rows_and_policies(tmp_path):
     assert read_webdataset(tmp_path / "bad.tar", on_error="skip").compute().key.tolist() == ["ok", "j"]
     with pytest.raises(imgcurate.errors.SampleError, match="invalid_caption"):
         read_webdataset(tmp_path / "bad.tar", on_error="raise").compute()
+
+
+def test_first_shard_is_read_once_when_images_are_not_loaded(photo_dataset, monkeypatch):
+    directory, _ = photo_dataset
+    reads = []
+    read_plain_shard = reader.read_plain_shard
+    monkeypatch.setattr(reader, "read_plain_shard", lambda task: reads.append(task.url) or read_plain_shard(task))
+    shards = sorted(str(path) for path in directory.glob("*.tar"))
+    frame = read_webdataset(directory, with_images=False).compute()
+    assert sorted(reads) == shards  # the layout pass's read serves the first partition
+    reads.clear()
+    with_images = read_webdataset(directory).compute()
+    assert sorted(reads) == sorted(shards + shards[:1])  # images wanted: the first shard is read again, with them
+    pd.testing.assert_frame_equal(frame, with_images.drop(columns="image"))
+
+
+def test_failure_policy_applies_to_a_first_shard_read_once(tmp_path):
+    write_tar(tmp_path / "0.tar", [("ok.jpg", b"OK"), ("bad.jpg", b"B"), ("bad.json", b"{nope")])
+    write_tar(tmp_path / "1.tar", [("c.jpg", b"C")])
+    reported = read_webdataset(tmp_path, with_images=False).compute()
+    assert reported.error.dropna().tolist() == ["invalid_json"]
+    skipped = read_webdataset(tmp_path, with_images=False, on_error="skip").compute()
+    assert skipped.error.isna().all() and skipped.key.tolist() == reported.key[reported.error.isna()].tolist()
+    with pytest.raises(imgcurate.errors.SampleError, match="invalid_json"):
+        read_webdataset(tmp_path, with_images=False, on_error="raise").compute()
 
 
 def test_dask_string_conversion_leaves_bytes_alone(photo_dataset):

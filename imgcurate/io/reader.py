@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import dask.dataframe as dd
@@ -31,6 +31,9 @@ class ShardTask:
     sidecar: str | None  # sidecar Parquet URL, or None
     storage_options: dict | None
     on_error: OnError
+    # the first shard's table as the layout pass read it (failure rows included), when that is
+    # exactly what its partition would read: it is not read twice
+    layout_read: pa.Table | None = field(default=None, compare=False, repr=False)
 
 
 def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
@@ -117,10 +120,13 @@ def read_sidecar(task: ShardTask, failures: list[Failure]) -> pa.Table | None:
 
 def read_partition_table(task: ShardTask, layout: Layout | None) -> tuple[pa.Table, Layout]:
     """Read, group, conform to ``layout`` (``None`` infers it), then apply the failure policy."""
-    plain = read_plain_shard(task)
-    samples, failures = (plain, []) if plain is not None else read_shard_samples(task)
-    sidecar = read_sidecar(task, failures)
-    table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout)
+    if task.layout_read is not None and layout is not None:
+        table = task.layout_read
+    else:
+        plain = read_plain_shard(task)
+        samples, failures = (plain, []) if plain is not None else read_shard_samples(task)
+        sidecar = read_sidecar(task, failures)
+        table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout)
     if task.on_error != "report":
         apply_policy(failures_in(table), task.on_error)  # raises under "raise"
         table = table.filter(table.column(C.ERROR).is_null())
@@ -191,10 +197,11 @@ def read_webdataset(
     if layout_shards < 1:
         raise ValueError("layout_shards must be at least 1")
     # the layout comes from the first shards, read without image bytes (same columns, less I/O)
-    layout = merge_layouts([
-        read_partition_table(replace(task, with_images=False, on_error="report"), None)[1]
-        for task in tasks[:layout_shards]
-    ])
+    first = [read_partition_table(replace(task, with_images=False, on_error="report"), None)
+             for task in tasks[:layout_shards]]
+    layout = merge_layouts([shard_layout for _, shard_layout in first])
+    if not with_images and layout == first[0][1]:
+        tasks[0] = replace(tasks[0], layout_read=first[0][0])
     layout = replace(layout, with_images=with_images)
     chosen = resolve_backend(backend)
     meta = chosen.meta(layout.arrow_schema())

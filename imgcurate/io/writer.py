@@ -446,11 +446,12 @@ def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: 
     blob_url = _column_or_nulls(rows, BLOB_URL, pa.string()).to_pylist()
     blob_offset = _column_or_nulls(rows, BLOB_OFFSET, pa.int64()).to_pylist()
 
-    tar_url = options.assembled(plan.stream, f"{plan.name}.tar")
-    sink = ShardSink(tar_url, options.storage_options)
+    headers, paddings = member_headers(names, sizes), list(map(padding, sizes))
+    expected_size = sum(map(len, headers)) + sum(sizes) + sum(map(len, paddings)) + len(END_OF_ARCHIVE)
+    sink = ShardSink(options.assembled(plan.stream, f"{plan.name}.tar"), options.storage_options, expected_size)
     images: list[bytes | None] = [None] * len(keys)  # kept for the Parquet only with remove_image_data=False
     # header, content and padding of every member, one after another; what lies between two images goes out as one write
-    parts = [part for member in zip(member_headers(names, sizes), contents, map(padding, sizes)) for part in member]
+    parts = [part for member in zip(headers, contents, paddings) for part in member]
     parts.append(END_OF_ARCHIVE)
     try:
         written = 0
