@@ -60,6 +60,27 @@ def test_exact_shard_sizes_and_same_samples(tmp_path, photo_dataset, images_per_
     assert [e["url"] for e in index["shardlist"]] == [Path(t).name for t in tars(out)]
 
 
+def test_image_bytes_held_by_the_frame_win_over_the_shard(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    df = read_webdataset(directory)
+
+    def edit(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame.loc[frame.index[::2], "image"] = None  # bytes dropped: the range in the source shard is used
+        frame.loc[frame.index[1::4], "image"] = b"EDITED"  # bytes changed: the frame's are written
+        return frame
+
+    write_webdataset(df.map_partitions(edit, meta=df._meta), tmp_path / "out", images_per_tar=7)
+    expected = []
+    for frame in df.to_delayed():
+        edited = edit(frame.compute())
+        expected += [b"EDITED" if isinstance(image, bytes) and image == b"EDITED" else x["image"]
+                     for image, x in zip(edited.image.tolist(), samples[len(expected):])]
+    back = read_back(tmp_path / "out")
+    assert [s[x["ext"]] for s, x in zip(back, samples)] == expected
+    assert expected.count(b"EDITED") >= 5 and len(back) == len(samples)
+
+
 def test_parquet_metadata_matches_tars_and_is_readable(tmp_path, photo_dataset):
     directory, samples = photo_dataset
     out = tmp_path / "out"

@@ -145,33 +145,34 @@ def _column_or_nulls(table: pa.Table, name: str, typ: pa.DataType) -> pa.Array |
 
 
 def _locate_images(table: pa.Table, spill_url: str, options: WriteOptions) -> pa.Table:
-    """Replace the image bytes of ``table`` by (blob url, offset, size) columns."""
-    n = len(table)
-    urls: list[str | None] = [None] * n
-    offsets: list[int | None] = [None] * n
-    sizes: list[int | None] = [None] * n
-    if C.IMAGE in table.column_names and table.column(C.IMAGE).null_count < n:
-        sink = ShardSink(spill_url, options.storage_options)
-        try:
-            for i, data in enumerate(table.column(C.IMAGE).to_pylist()):
-                if data is not None:
-                    urls[i], offsets[i], sizes[i] = spill_url, sink.size, len(data)
-                    sink.write(data)
-        finally:
-            sink.close()
-    sources = _column_or_nulls(table, C.SOURCE_SHARD, pa.string()).to_pylist()
-    starts = _column_or_nulls(table, C.IMAGE_OFFSET, pa.int64()).to_pylist()
-    lengths = _column_or_nulls(table, C.IMAGE_NBYTES, pa.int64()).to_pylist()
-    for i in range(n):
-        if urls[i] is None and starts[i] is not None and sources[i] is not None and lengths[i] is not None:
-            urls[i], offsets[i], sizes[i] = sources[i], starts[i], lengths[i]
-    if C.IMAGE in table.column_names:
-        table = table.drop_columns([C.IMAGE])
-    return (
-        table.append_column(BLOB_URL, pa.array(urls, pa.string()))
-        .append_column(BLOB_OFFSET, pa.array(offsets, pa.int64()))
-        .append_column(BLOB_SIZE, pa.array(sizes, pa.int64()))
+    """Replace the image bytes of ``table`` by (blob url, offset, size) columns: the bytes the frame
+    holds are spilled to ``spill_url``; otherwise the image's range in its source shard."""
+    # where the reader found each image
+    in_source = pc.and_(
+        pc.and_(pc.is_valid(_column_or_nulls(table, C.SOURCE_SHARD, pa.string())), pc.is_valid(_column_or_nulls(table, C.IMAGE_OFFSET, pa.int64()))),
+        pc.is_valid(_column_or_nulls(table, C.IMAGE_NBYTES, pa.int64())),
     )
+    urls = pc.if_else(in_source, _column_or_nulls(table, C.SOURCE_SHARD, pa.string()), pa.scalar(None, pa.string()))
+    offsets = pc.if_else(in_source, _column_or_nulls(table, C.IMAGE_OFFSET, pa.int64()), pa.scalar(None, pa.int64()))
+    sizes = pc.if_else(in_source, _column_or_nulls(table, C.IMAGE_NBYTES, pa.int64()), pa.scalar(None, pa.int64()))
+    if C.IMAGE in table.column_names:
+        images = table.column(C.IMAGE)
+        if images.null_count < len(table):  # bytes in the frame win over the source range
+            sink = ShardSink(spill_url, options.storage_options)
+            spill_offsets: list[int | None] = []
+            try:
+                for data in images.to_pylist():
+                    spill_offsets.append(None if data is None else sink.size)
+                    if data is not None:
+                        sink.write(data)
+            finally:
+                sink.close()
+            spilled = pc.is_valid(images)
+            urls = pc.if_else(spilled, pa.scalar(spill_url, pa.string()), urls)
+            offsets = pc.if_else(spilled, pa.array(spill_offsets, pa.int64()), offsets)
+            sizes = pc.if_else(spilled, pc.cast(pc.binary_length(images), pa.int64()), sizes)
+        table = table.drop_columns([C.IMAGE])
+    return table.append_column(BLOB_URL, urls).append_column(BLOB_OFFSET, offsets).append_column(BLOB_SIZE, sizes)
 
 
 def _write_parquet(table: pa.Table, url: str, storage_options: dict | None) -> pq.FileMetaData:
