@@ -35,6 +35,8 @@ def plan(sources) -> list[tuple[str, int, int] | bytes]:
         (a, 20, 30),                          # backwards
         (a, 2**20, 9 * 2**20),                # larger than the sink's buffer
         (b, 0, 0),                            # empty
+        b"w" * (2**20 + 5),                   # written bytes larger than the buffer
+        (a, 77, 5),
     ]
     steps += [(b, 10 * i, 5) for i in range(1500)]  # more ranges than one preadv call takes
     steps += [(a, 1000 * i, 1000) for i in range(9000)]  # more bytes than the buffer holds: several flushes
