@@ -171,6 +171,9 @@ def test_unsafe_keys_from_user_frames_are_made_safe():
     keys, renames = unique_keys(["../etc/passwd", "/abs/key", "a.b", None, "ok", "ok"])
     assert keys == ["etc/passwd", "abs/key", "a_b", "sample", "ok", "ok_1"]
     assert len(renames) == 5
+    assert unique_keys(["k1", "k-2", "K_3"]) == (["k1", "k-2", "K_3"], [])
+    assert unique_keys(["k1", "k2", "k1"])[0] == ["k1", "k2", "k1_1"]  # plain keys, but one repeats
+    assert unique_keys(["k1", "", "k3"])[0] == ["k1", "sample", "k3"]
 
 
 def test_plan_cuts_across_partitions():

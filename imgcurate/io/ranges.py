@@ -9,10 +9,13 @@ batched ``preadv`` calls.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import gzip
 import os
-from typing import BinaryIO
+import sys
+from typing import BinaryIO, Callable
 
 from .paths import filesystem, is_local_fs, writable_path
 from .tar import is_compressed_shard
@@ -26,6 +29,30 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 # looked at, so every sink can share it; ranges further apart are read by separate calls
 _SCRATCH = bytearray(256 * 2**10)
 _SCRATCH_VIEW = memoryview(_SCRATCH)
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """fallocate(2) from the C library, on Linux; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the blocks of a file about to be written, in one call instead of page by page as
+    the writes arrive (measured on ext4: 46 MB shards written 40 % faster). Only where the
+    filesystem does it natively: glibc's ``posix_fallocate`` would instead emulate it on
+    filesystems that cannot (NFSv3, some FUSE) by writing a zero into every block."""
+    fallocate = _fallocate()
+    if fallocate is not None:
+        fallocate(fd, 0, 0, size)  # a failure only means the file grows as it is written
 
 
 class RangeSource:
@@ -120,13 +147,8 @@ class ShardSink:
         if is_local_fs(fs):
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._file = None
-            if expected_size and hasattr(os, "posix_fallocate"):
-                # the file's blocks are reserved in one call instead of page by page as writes
-                # arrive: measured on ext4, writing 46 MB shards took 40 % less time
-                try:
-                    os.posix_fallocate(self._fd, 0, expected_size)
-                except OSError:
-                    pass  # a filesystem that cannot: written as it comes
+            if expected_size:
+                _reserve(self._fd, expected_size)
         else:
             self._fd = None
             self._file = fs.open(path, "wb")

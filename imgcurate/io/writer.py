@@ -291,6 +291,8 @@ def safe_key(key: str | None) -> str:
 
 def unique_keys(keys: list[str | None]) -> tuple[list[str], list[dict[str, str]]]:
     """Keys usable in one tar: made safe, then repeated keys renamed ``key_1``, ``key_2``…"""
+    if all(k and "." not in k and "/" not in k for k in keys) and len(set(keys)) == len(keys):
+        return list(keys), []  # the usual shard: nothing to make safe or rename
     safe = [safe_key(k) for k in keys]
     taken, seen = set(safe), set()
     final, renames = [], []
