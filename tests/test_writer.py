@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import dask.dataframe as dd
 import duckdb
+import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +22,7 @@ import webdataset as wds
 from imgcurate.dataframe import mark_where, where
 from imgcurate.errors import OutputExistsError
 from imgcurate.io.reader import read_webdataset
-from imgcurate.io.writer import MARKER, TMP_DIR, plan_shards, unique_keys, write_webdataset
+from imgcurate.io.writer import MARKER, TMP_DIR, check_output_dir, plan_shards, unique_keys, write_webdataset
 
 from conftest import build_photo_dataset, write_tar
 
@@ -217,6 +221,59 @@ def test_interrupted_run_is_recognised_and_replaced(tmp_path, photo_dataset):
     assert result.manifest["replaced"] == "interrupted run"
     assert digest(out) == digest(tmp_path / "clean")
     assert not (out / MARKER).exists() and not (out / TMP_DIR).exists()
+
+
+class Gate:
+    """A partition function that holds every partition until released."""
+
+    def __init__(self):
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self.entered.set()
+        self.released.wait(60)
+        return frame
+
+    def __dask_tokenize__(self):
+        return ("gate", id(self))
+
+
+def test_a_run_killed_while_holding_the_directory_is_replaced(tmp_path, photo_dataset):
+    directory, _ = photo_dataset
+    out = tmp_path / "out"
+    # a process that takes the directory as a run does, then dies without cleaning up
+    holder = subprocess.run([sys.executable, "-c", (
+        "import os, sys, fsspec; from imgcurate.io.runlock import hold_marker\n"
+        f"with hold_marker(fsspec.filesystem('file'), {str(out / MARKER)!r}) as marker:\n"
+        "    marker.write('test'); os._exit(9)")], timeout=60)
+    assert holder.returncode == 9 and (out / MARKER).exists()
+    result = write_webdataset(read_webdataset(directory, with_images=False), out, images_per_tar=7)
+    assert result.manifest["replaced"] == "interrupted run" and not (out / MARKER).exists()
+
+
+def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, photo_dataset):
+    directory, samples = photo_dataset
+    out = tmp_path / "out"
+    df = read_webdataset(directory, with_images=False)
+    gate = Gate()
+    first: dict = {}
+    run = threading.Thread(target=lambda: first.update(
+        result=write_webdataset(df.map_partitions(gate, meta=df._meta), out, images_per_tar=7)))
+    run.start()
+    try:
+        assert gate.entered.wait(60)
+        staged = sorted(p.relative_to(out) for p in out.rglob("*"))
+        with pytest.raises(OutputExistsError, match=rf"another imgcurate run is writing .* \(pid {os.getpid()} on "):
+            write_webdataset(df, out, images_per_tar=7, overwrite=True)
+        with pytest.raises(OutputExistsError, match="another imgcurate run is writing"):
+            check_output_dir(fsspec.filesystem("file"), str(out), True)  # what pipelines check before any work
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == staged  # the live run's files untouched
+    finally:
+        gate.released.set()
+        run.join(120)
+    assert first["result"].counts["written"] == len(samples)
+    assert [s["__key__"] for s in read_back(out)] == [s["key"] for s in samples]
+    write_webdataset(df, out, images_per_tar=7, overwrite=True)  # once it has finished, it can be replaced
 
 
 def test_invalid_images_per_tar(tmp_path, photo_dataset):

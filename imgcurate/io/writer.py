@@ -48,6 +48,7 @@ from ..errors import MEMBER_REASONS, SAMPLE_REASONS, SHARD_REASONS, OutputExists
 from ..progress import compute
 from .paths import filesystem, full_url, is_local_fs, writable_path
 from .ranges import RangeSource, ShardSink
+from .runlock import hold_marker, marker_held, refuse_live_run
 from .schema import JSON_TEXT, parse_json
 from .tar import END_OF_ARCHIVE, member_headers, padding
 
@@ -530,6 +531,8 @@ def check_output_dir(fs, root: str, overwrite: bool) -> str:
     names = _entries(fs, root)
     if not names:
         return ""
+    if MARKER in names and marker_held(fs, f"{root}/{MARKER}"):
+        raise refuse_live_run(f"{root}/{MARKER}")
     foreign = sorted(n for n in names if n not in OUR_FILES and not SHARD_FILE.match(n))
     # staging without a marker: tasks of a failed run that were still running when it cleaned up
     interrupted = MARKER in names or TMP_DIR in names
@@ -547,15 +550,12 @@ def check_output_dir(fs, root: str, overwrite: bool) -> str:
     return "interrupted run" if interrupted else "previous output"
 
 
-def prepare_output_dir(fs, root: str, overwrite: bool) -> str:
-    """:func:`check_output_dir`, then create the directory and clear staging left by an interrupted run."""
-    replacing = check_output_dir(fs, root, overwrite)
+def _clear_leftovers(fs, root: str, replacing: str) -> None:
+    """Remove the staging an interrupted run left (the caller holds the marker, so none is running)."""
     if replacing == "interrupted run":
         log.warning("%s was left by an interrupted run: replacing it", root)
-    fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/{TMP_DIR}"):
         fs.rm(f"{root}/{TMP_DIR}", recursive=True)
-    return replacing
 
 
 @contextmanager
@@ -699,65 +699,67 @@ def write_webdataset(
         source_storage_options if source_storage_options is not None else storage_options, schema, is_local_fs(fs),
     )
     existed = fs.isdir(root)
-    replacing = prepare_output_dir(fs, root, overwrite)
-    with _withdrawn_on_error(fs, root, existed, replacing):
-        with fs.open(f"{root}/{MARKER}", "wb") as f:
-            f.write(json.dumps({"started": datetime.now(timezone.utc).isoformat(), "imgcurate_version": __version__}).encode())
-        partitions = df.to_delayed()
-        stats = compute(
-            [dask.delayed(stage_partition)(part, i, options) for i, part in enumerate(partitions)],
-            desc="staging", progress=progress, client=client,
-        )
-        inputs = sorted({source for s in stats for source in s["sources"]})
-        clash = [source for source in inputs if _inside(source, output_url)]
-        if clash:
-            raise OutputExistsError(f"input shard {clash[0]!r} lies inside the output directory; write somewhere else")
+    replacing = check_output_dir(fs, root, overwrite)
+    # held until the run has finished: meanwhile a second run into the directory is refused
+    with hold_marker(fs, f"{root}/{MARKER}") as marker:
+        _clear_leftovers(fs, root, replacing)
+        with _withdrawn_on_error(fs, root, existed, replacing):
+            marker.write(__version__)
+            partitions = df.to_delayed()
+            stats = compute(
+                [dask.delayed(stage_partition)(part, i, options) for i, part in enumerate(partitions)],
+                desc="staging", progress=progress, client=client,
+            )
+            inputs = sorted({source for s in stats for source in s["sources"]})
+            clash = [source for source in inputs if _inside(source, output_url)]
+            if clash:
+                raise OutputExistsError(f"input shard {clash[0]!r} lies inside the output directory; write somewhere else")
 
-        plans = plan_shards([s[KEPT] for s in stats], images_per_tar, KEPT)
-        if keep_dropped:
-            plans += plan_shards([s[DROPPED] for s in stats], images_per_tar, DROPPED)
-        rows_per_task = max(images_per_tar, sum(s[KEPT] for s in stats) // max(1, len(stats)))
-        groups = [g for stream in (KEPT, DROPPED) for g in group_plans([p for p in plans if p.stream == stream], rows_per_task, images_per_tar)]
-        results = [r for batch in compute(
-            [dask.delayed(assemble_shards)(group, options) for group in groups], desc="writing shards", progress=progress,
-            client=client,
-        ) for r in batch]
+            plans = plan_shards([s[KEPT] for s in stats], images_per_tar, KEPT)
+            if keep_dropped:
+                plans += plan_shards([s[DROPPED] for s in stats], images_per_tar, DROPPED)
+            rows_per_task = max(images_per_tar, sum(s[KEPT] for s in stats) // max(1, len(stats)))
+            groups = [g for stream in (KEPT, DROPPED) for g in group_plans([p for p in plans if p.stream == stream], rows_per_task, images_per_tar)]
+            results = [r for batch in compute(
+                [dask.delayed(assemble_shards)(group, options) for group in groups], desc="writing shards", progress=progress,
+                client=client,
+            ) for r in batch]
 
-    _publish(options, results, fs, root)
-    kept = sorted((r for r in results if r["stream"] == KEPT), key=lambda r: r["number"])
-    index = {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "shardlist": [{"url": f"{r['number']:05d}.tar", "nsamples": r["samples"], "filesize": r["bytes"]} for r in kept],
-    }
-    with fs.open(f"{root}/{INDEX_FILE}", "wb") as f:
-        f.write(json.dumps(index, indent=1).encode())
-    if fs.exists(f"{root}/{FAILURES_DIR}"):
-        fs.rm(f"{root}/{FAILURES_DIR}", recursive=True)
-    _write_parquet(_collect_failures(options, stats), options.url(FAILURES_DIR, FAILURES_PART), storage_options)
-    for stream, directory in ((KEPT, root), (DROPPED, f"{root}/{DROPPED_DIR}")):
-        _write_summary(fs, directory, sorted((r for r in results if r["stream"] == stream), key=lambda r: r["number"]))
+        _publish(options, results, fs, root)
+        kept = sorted((r for r in results if r["stream"] == KEPT), key=lambda r: r["number"])
+        index = {
+            "__kind__": "wids-shard-index-v1",
+            "wids_version": 1,
+            "shardlist": [{"url": f"{r['number']:05d}.tar", "nsamples": r["samples"], "filesize": r["bytes"]} for r in kept],
+        }
+        with fs.open(f"{root}/{INDEX_FILE}", "wb") as f:
+            f.write(json.dumps(index, indent=1).encode())
+        if fs.exists(f"{root}/{FAILURES_DIR}"):
+            fs.rm(f"{root}/{FAILURES_DIR}", recursive=True)
+        _write_parquet(_collect_failures(options, stats), options.url(FAILURES_DIR, FAILURES_PART), storage_options)
+        for stream, directory in ((KEPT, root), (DROPPED, f"{root}/{DROPPED_DIR}")):
+            _write_summary(fs, directory, sorted((r for r in results if r["stream"] == stream), key=lambda r: r["number"]))
 
-    counts = _counts(stats, results)
-    renames = [r for result in kept for r in result["renames"]]
-    manifest = {
-        "imgcurate_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_seconds": None,
-        "output_dir": output_url,
-        "replaced": replacing or None,
-        "inputs": inputs,
-        "parameters": {"images_per_tar": images_per_tar, "remove_image_data": remove_image_data, "keep_dropped": keep_dropped},
-        **((manifest_extra(counts) if callable(manifest_extra) else manifest_extra) or {}),
-        "counts": counts,
-        "renamed_keys": renames[:MAX_LISTED_RENAMES],
-        "shards": [{"tar": f"{r['number']:05d}.tar", "parquet": f"{r['number']:05d}.parquet", "samples": r["samples"], "bytes": r["bytes"]} for r in kept],
-        "versions": dict(_versions()),
-    }
-    if fs.exists(f"{root}/{TMP_DIR}"):
-        fs.rm(f"{root}/{TMP_DIR}", recursive=True)
-    manifest["elapsed_seconds"] = round(time.time() - started, 3)
-    with fs.open(f"{root}/{MANIFEST_FILE}", "wb") as f:
-        f.write(json.dumps(manifest, indent=1, default=_json_default).encode())
-    fs.rm(f"{root}/{MARKER}")
-    return WriteResult(output_url, len(kept), counts["written"], sum(r["bytes"] for r in kept), counts, manifest)
+        counts = _counts(stats, results)
+        renames = [r for result in kept for r in result["renames"]]
+        manifest = {
+            "imgcurate_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "elapsed_seconds": None,
+            "output_dir": output_url,
+            "replaced": replacing or None,
+            "inputs": inputs,
+            "parameters": {"images_per_tar": images_per_tar, "remove_image_data": remove_image_data, "keep_dropped": keep_dropped},
+            **((manifest_extra(counts) if callable(manifest_extra) else manifest_extra) or {}),
+            "counts": counts,
+            "renamed_keys": renames[:MAX_LISTED_RENAMES],
+            "shards": [{"tar": f"{r['number']:05d}.tar", "parquet": f"{r['number']:05d}.parquet", "samples": r["samples"], "bytes": r["bytes"]} for r in kept],
+            "versions": dict(_versions()),
+        }
+        if fs.exists(f"{root}/{TMP_DIR}"):
+            fs.rm(f"{root}/{TMP_DIR}", recursive=True)
+        manifest["elapsed_seconds"] = round(time.time() - started, 3)
+        with fs.open(f"{root}/{MANIFEST_FILE}", "wb") as f:
+            f.write(json.dumps(manifest, indent=1, default=_json_default).encode())
+        fs.rm(f"{root}/{MARKER}")
+        return WriteResult(output_url, len(kept), counts["written"], sum(r["bytes"] for r in kept), counts, manifest)
