@@ -244,7 +244,7 @@ def test_a_run_killed_while_holding_the_directory_is_replaced(tmp_path, photo_da
     # a process that takes the directory as a run does, then dies without cleaning up
     holder = subprocess.run([sys.executable, "-c", (
         "import os, sys, fsspec; from imgcurate.io.runlock import hold_marker\n"
-        f"with hold_marker(fsspec.filesystem('file'), {str(out / MARKER)!r}) as marker:\n"
+        f"with hold_marker(fsspec.filesystem('file'), {str(out)!r}, {MARKER!r}) as marker:\n"
         "    marker.write('test'); os._exit(9)")], timeout=60)
     assert holder.returncode == 9 and (out / MARKER).exists()
     result = write_webdataset(read_webdataset(directory, with_images=False), out, images_per_tar=7)

@@ -80,13 +80,14 @@ class RunMarker:
 
 
 @contextmanager
-def hold_marker(fs, path: str) -> Iterator[RunMarker]:
-    """Create the marker at ``path`` (and its directory) and hold it while the body runs.
+def hold_marker(fs, directory: str, name: str) -> Iterator[RunMarker]:
+    """Create ``directory`` and the marker ``name`` in it, and hold the marker while the body runs.
 
     Raises :class:`OutputExistsError` when another run holds it. The body removes the marker
     when the run has finished; the lock goes when the body ends, whatever happens.
     """
-    fs.makedirs(os.path.dirname(path) if is_local_fs(fs) else path.rsplit("/", 1)[0], exist_ok=True)
+    fs.makedirs(directory, exist_ok=True)
+    path = f"{directory}/{name}"
     if fcntl is None or not is_local_fs(fs):
         yield RunMarker(fs, path, None)
         return

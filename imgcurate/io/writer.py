@@ -149,13 +149,10 @@ def _locate_images(table: pa.Table, spill_url: str, options: WriteOptions) -> pa
     """Replace the image bytes of ``table`` by (blob url, offset, size) columns: the bytes the frame
     holds are spilled to ``spill_url``; otherwise the image's range in its source shard."""
     # where the reader found each image
-    in_source = pc.and_(
-        pc.and_(pc.is_valid(_column_or_nulls(table, C.SOURCE_SHARD, pa.string())), pc.is_valid(_column_or_nulls(table, C.IMAGE_OFFSET, pa.int64()))),
-        pc.is_valid(_column_or_nulls(table, C.IMAGE_NBYTES, pa.int64())),
-    )
-    urls = pc.if_else(in_source, _column_or_nulls(table, C.SOURCE_SHARD, pa.string()), pa.scalar(None, pa.string()))
-    offsets = pc.if_else(in_source, _column_or_nulls(table, C.IMAGE_OFFSET, pa.int64()), pa.scalar(None, pa.int64()))
-    sizes = pc.if_else(in_source, _column_or_nulls(table, C.IMAGE_NBYTES, pa.int64()), pa.scalar(None, pa.int64()))
+    urls, offsets, sizes = (_column_or_nulls(table, C.SOURCE_SHARD, pa.string()), _column_or_nulls(table, C.IMAGE_OFFSET, pa.int64()),
+                            _column_or_nulls(table, C.IMAGE_NBYTES, pa.int64()))
+    in_source = pc.and_(pc.and_(pc.is_valid(urls), pc.is_valid(offsets)), pc.is_valid(sizes))
+    urls, offsets, sizes = (pc.if_else(in_source, column, pa.scalar(None, column.type)) for column in (urls, offsets, sizes))
     if C.IMAGE in table.column_names:
         images = table.column(C.IMAGE)
         if images.null_count < len(table):  # bytes in the frame win over the source range
@@ -701,7 +698,7 @@ def write_webdataset(
     existed = fs.isdir(root)
     replacing = check_output_dir(fs, root, overwrite)
     # held until the run has finished: meanwhile a second run into the directory is refused
-    with hold_marker(fs, f"{root}/{MARKER}") as marker:
+    with hold_marker(fs, root, MARKER) as marker:
         _clear_leftovers(fs, root, replacing)
         with _withdrawn_on_error(fs, root, existed, replacing):
             marker.write(__version__)
