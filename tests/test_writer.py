@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -274,6 +275,22 @@ def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, photo_
     assert first["result"].counts["written"] == len(samples)
     assert [s["__key__"] for s in read_back(out)] == [s["key"] for s in samples]
     write_webdataset(df, out, images_per_tar=7, overwrite=True)  # once it has finished, it can be replaced
+
+
+def test_a_filesystem_without_locks_is_written_unlocked(tmp_path, photo_dataset, monkeypatch):
+    from imgcurate.io import runlock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # what NFS without its lock service answers
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    directory, samples = photo_dataset
+    df = read_webdataset(directory, with_images=False)
+    out = tmp_path / "out"
+    assert write_webdataset(df, out, images_per_tar=7).counts["written"] == len(samples)
+    assert not (out / MARKER).exists()
+    (out / MARKER).write_text("{}")  # without locks, a marker is taken for an interrupted run's, as before
+    assert write_webdataset(df, out, images_per_tar=7).manifest["replaced"] == "interrupted run"
 
 
 def test_invalid_images_per_tar(tmp_path, photo_dataset):

@@ -39,6 +39,8 @@ def marker_held(fs, path: str) -> bool:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file is closed below
     except BlockingIOError:
         return True
+    except OSError:  # a filesystem without locks (NFS without its lock service, some FUSE): nothing to tell
+        return False
     finally:
         os.close(fd)
     return False
@@ -95,10 +97,12 @@ def hold_marker(fs, directory: str, name: str) -> Iterator[RunMarker]:
     try:
         yield RunMarker(fs, path, fd)
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-def _lock(path: str) -> int:
+def _lock(path: str) -> int | None:
+    """The marker's file descriptor, locked; None where the filesystem has no locks."""
     for _ in range(3):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -106,6 +110,9 @@ def _lock(path: str) -> int:
         except BlockingIOError:
             os.close(fd)
             raise refuse_live_run(path) from None
+        except OSError:  # no locks here (NFS without its lock service, some FUSE): write as before, unlocked
+            os.close(fd)
+            return None
         opened = os.fstat(fd)
         try:
             current = os.stat(path)
