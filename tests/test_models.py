@@ -223,6 +223,8 @@ def test_clip_weights_in_the_hugging_face_cache_are_found(empty_caches):
     embedder = CLIPImageEmbedder("ViT-L-14", "openai", device="cpu")
     assert embedder.weights_available()
     embedder.check_weights()
+    # the manifest records which file the tag stood for
+    assert embedder.describe()["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
 
 
 def test_clip_checkpoint_file_is_hashed(tmp_path):

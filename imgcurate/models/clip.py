@@ -220,7 +220,7 @@ class CLIPImageEmbedder:
             "pretrained": self.pretrained,
             "quick_gelu": self.resolved.force_quick_gelu or bool(open_clip.get_model_config(self.resolved.config_name).get("quick_gelu")),
             "random_weights": self.pretrained is None,
-            "weights_sha256": sha256_file(weights) if weights and self.resolved.is_file else None,
+            "weights_sha256": sha256_file(weights) if weights else None,  # a checkpoint file, or a tag's cached file
             "device": self.device,
             "precision": self.precision,
             "batch_size": self.batch_size,
