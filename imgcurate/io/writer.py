@@ -402,7 +402,7 @@ class _Blobs:
         self.sources.close()
 
 
-def _shard_members(rows: pa.Table, keys: list[str]) -> tuple[list[str], list[int], list[bytes | int]]:
+def _shard_members(rows: pa.Table, keys: list[str], blob_url: list[str | None]) -> tuple[list[str], list[int], list[bytes | int]]:
     """Every member of a shard in tar order: names, sizes and contents (an image's content is its
     row, whose bytes are copied by range). Within a sample: image, .txt, .cls, .json, other
     component columns, then the members kept in ``extra_members``."""
@@ -414,7 +414,7 @@ def _shard_members(rows: pa.Table, keys: list[str]) -> tuple[list[str], list[int
     def column(name: str, typ: pa.DataType = pa.string()) -> list[Any]:
         return _column_or_nulls(rows, name, typ).to_pylist()
 
-    blob_url, blob_size, image_ext = column(BLOB_URL), column(BLOB_SIZE, pa.int64()), column(C.IMAGE_EXT)
+    blob_size, image_ext = column(BLOB_SIZE, pa.int64()), column(C.IMAGE_EXT)
     image_rows = [i for i, url in enumerate(blob_url) if url is not None]
     samples = list(image_rows)
     names = [f"{keys[i]}.{image_ext[i] or 'jpg'}" for i in image_rows]
@@ -443,8 +443,8 @@ def _shard_members(rows: pa.Table, keys: list[str]) -> tuple[list[str], list[int
 
 def _write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, blobs: _Blobs) -> dict[str, Any]:
     keys, renames = unique_keys(rows.column(C.KEY).to_pylist())
-    names, sizes, contents = _shard_members(rows, keys)
     blob_url = _column_or_nulls(rows, BLOB_URL, pa.string()).to_pylist()
+    names, sizes, contents = _shard_members(rows, keys, blob_url)
     blob_offset = _column_or_nulls(rows, BLOB_OFFSET, pa.int64()).to_pylist()
 
     headers, paddings = member_headers(names, sizes), list(map(padding, sizes))
@@ -547,12 +547,16 @@ def check_output_dir(fs, root: str, overwrite: bool) -> str:
     return "interrupted run" if interrupted else "previous output"
 
 
+def _remove_staging(fs, root: str) -> None:
+    if fs.exists(f"{root}/{TMP_DIR}"):
+        fs.rm(f"{root}/{TMP_DIR}", recursive=True)
+
+
 def _clear_leftovers(fs, root: str, replacing: str) -> None:
     """Remove the staging an interrupted run left (the caller holds the marker, so none is running)."""
     if replacing == "interrupted run":
         log.warning("%s was left by an interrupted run: replacing it", root)
-    if fs.exists(f"{root}/{TMP_DIR}"):
-        fs.rm(f"{root}/{TMP_DIR}", recursive=True)
+    _remove_staging(fs, root)
 
 
 @contextmanager
@@ -564,8 +568,7 @@ def _withdrawn_on_error(fs, root: str, existed: bool, replacing: str) -> Iterato
     try:
         yield
     except BaseException:
-        if fs.exists(f"{root}/{TMP_DIR}"):
-            fs.rm(f"{root}/{TMP_DIR}", recursive=True)
+        _remove_staging(fs, root)
         if replacing != "interrupted run" and fs.exists(f"{root}/{MARKER}"):
             fs.rm(f"{root}/{MARKER}")
         if not existed and is_local_fs(fs) and fs.isdir(root) and not _entries(fs, root):
@@ -753,8 +756,7 @@ def write_webdataset(
             "shards": [{"tar": f"{r['number']:05d}.tar", "parquet": f"{r['number']:05d}.parquet", "samples": r["samples"], "bytes": r["bytes"]} for r in kept],
             "versions": dict(_versions()),
         }
-        if fs.exists(f"{root}/{TMP_DIR}"):
-            fs.rm(f"{root}/{TMP_DIR}", recursive=True)
+        _remove_staging(fs, root)
         manifest["elapsed_seconds"] = round(time.time() - started, 3)
         with fs.open(f"{root}/{MANIFEST_FILE}", "wb") as f:
             f.write(json.dumps(manifest, indent=1, default=_json_default).encode())
