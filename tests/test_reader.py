@@ -12,6 +12,7 @@ import pytest
 import webdataset as wds
 
 import imgcurate
+from imgcurate.backend import Backend
 from imgcurate.io import reader
 from imgcurate.io.reader import read_webdataset
 
@@ -183,18 +184,48 @@ def test_failure_rows_and_policies(tmp_path):
         read_webdataset(tmp_path / "bad.tar", on_error="raise").compute()
 
 
-def test_first_shard_is_read_once_when_images_are_not_loaded(photo_dataset, monkeypatch):
+def read_alone(shard, with_images=True) -> pd.DataFrame:
+    """A shard read by itself, not through the layout pass's table."""
+    task = reader.ShardTask(str(shard), with_images, reader._sidecar_for(str(shard), "auto", None), None, "report")
+    return Backend("pandas").from_arrow(reader.read_partition_table(task, None)[0])
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+def test_first_shard_is_read_once(photo_dataset, monkeypatch, with_images):
     directory, _ = photo_dataset
     reads = []
     read_plain_shard = reader.read_plain_shard
     monkeypatch.setattr(reader, "read_plain_shard", lambda task: reads.append(task.url) or read_plain_shard(task))
     shards = sorted(str(path) for path in directory.glob("*.tar"))
-    frame = read_webdataset(directory, with_images=False).compute()
-    assert sorted(reads) == shards  # the layout pass's read serves the first partition
-    reads.clear()
-    with_images = read_webdataset(directory).compute()
-    assert sorted(reads) == sorted(shards + shards[:1])  # images wanted: the first shard is read again, with them
-    pd.testing.assert_frame_equal(frame, with_images.drop(columns="image"))
+    frame = read_webdataset(directory, with_images=with_images)
+    first = frame.get_partition(0).compute()
+    frame.compute()
+    # the layout pass's read serves the first partition, twice here (its images fetched by byte range)
+    assert sorted(reads) == shards
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(first, read_alone(shards[0], with_images))
+
+
+def test_first_shard_changed_after_the_layout_pass_is_read_again(tmp_path):
+    shard = write_tar(tmp_path / "0.tar", [("a.jpg", b"A" * 600), ("a.txt", b"one"), ("b.jpg", b"B" * 900), ("b.txt", b"two")])
+    frame = read_webdataset(shard)
+    os.truncate(shard, 512 * 6 + 400)  # in the middle of b.jpg: its range can no longer be read
+    changed = frame.compute()
+    assert changed.key.tolist() == ["a", "b"] and changed.error.tolist()[-1] == "truncated_member"
+    pd.testing.assert_frame_equal(changed, read_alone(shard))
+
+
+def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, monkeypatch):
+    directory, _ = photo_dataset
+    reads = []
+    read_plain_shard = reader.read_plain_shard
+    monkeypatch.setattr(reader, "read_plain_shard", lambda task: reads.append(task.url) or read_plain_shard(task))
+    monkeypatch.setattr(reader, "MAX_MEMBER_BYTES", 1000)  # the photos are larger: their ranges are not fetched
+    first = read_webdataset(directory).get_partition(0).compute()
+    shard = str(directory / "00000.tar")
+    assert reads == [shard, shard]  # the layout pass, then the partition's own read
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(first, read_alone(shard))
 
 
 def test_failure_policy_applies_to_a_first_shard_read_once(tmp_path):

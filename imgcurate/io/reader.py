@@ -10,13 +10,15 @@ from typing import Sequence
 
 import dask.dataframe as dd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import columns as C
 from ..backend import Backend, resolve_backend
 from ..errors import Failure, OnError, apply_policy, check_on_error
 from .paths import expand_shards, filesystem, is_local_fs, sidecar_url
-from .samples import Sample, iter_samples
+from .ranges import RangeSource
+from .samples import MAX_MEMBER_BYTES, Sample, iter_samples
 from .schema import Layout, merge_layouts, shard_table
 from .tar import is_compressed_shard, open_shard_stream
 from .tarindex import PlainShard, index_plain_tar
@@ -31,8 +33,8 @@ class ShardTask:
     sidecar: str | None  # sidecar Parquet URL, or None
     storage_options: dict | None
     on_error: OnError
-    # the first shard's table as the layout pass read it (failure rows included), when that is
-    # exactly what its partition would read: it is not read twice
+    # the first shard's table as the layout pass read it (without images, failure rows included),
+    # when its layout is the dataset's: the shard is not read twice (images are fetched by range)
     layout_read: pa.Table | None = field(default=None, compare=False, repr=False)
 
 
@@ -120,9 +122,10 @@ def read_sidecar(task: ShardTask, failures: list[Failure]) -> pa.Table | None:
 
 def read_partition_table(task: ShardTask, layout: Layout | None) -> tuple[pa.Table, Layout]:
     """Read, group, conform to ``layout`` (``None`` infers it), then apply the failure policy."""
+    table = None
     if task.layout_read is not None and layout is not None:
-        table = task.layout_read
-    else:
+        table = _with_images(task.layout_read, task, layout) if task.with_images else task.layout_read
+    if table is None:
         plain = read_plain_shard(task)
         samples, failures = (plain, []) if plain is not None else read_shard_samples(task)
         sidecar = read_sidecar(task, failures)
@@ -131,6 +134,23 @@ def read_partition_table(task: ShardTask, layout: Layout | None) -> tuple[pa.Tab
         apply_policy(failures_in(table), task.on_error)  # raises under "raise"
         table = table.filter(table.column(C.ERROR).is_null())
     return table, layout
+
+
+def _with_images(table: pa.Table, task: ShardTask, layout: Layout) -> pa.Table | None:
+    """The layout pass's table of a shard (read without images) with the image column filled from
+    the image ranges it records, so the shard is not walked twice; None when that would not give
+    what a read with images gives (an image too large to load is a failure there) or the file
+    changed since: the shard is then read again."""
+    offsets = table.column(C.IMAGE_OFFSET).combine_chunks()
+    sizes = table.column(C.IMAGE_NBYTES).combine_chunks()
+    if pc.any(pc.greater(sizes, MAX_MEMBER_BYTES)).as_py():
+        return None
+    try:
+        with RangeSource(task.storage_options) as source:
+            images = source.read_many(task.url, offsets, sizes)
+    except (OSError, ValueError):
+        return None
+    return table.add_column(layout.arrow_schema().get_field_index(C.IMAGE), pa.field(C.IMAGE, pa.binary()), images)
 
 
 def failures_in(table: pa.Table) -> list[Failure]:
@@ -200,7 +220,7 @@ def read_webdataset(
     first = [read_partition_table(replace(task, with_images=False, on_error="report"), None)
              for task in tasks[:layout_shards]]
     layout = merge_layouts([shard_layout for _, shard_layout in first])
-    if not with_images and layout == first[0][1]:
+    if layout == first[0][1]:
         tasks[0] = replace(tasks[0], layout_read=first[0][0])
     layout = replace(layout, with_images=with_images)
     chosen = resolve_backend(backend)
