@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import Config, Dataset, Measure, compare, interleave, peak_rss_mb, timed
+from common import Config, Dataset, Measure, compare, interleave, peak_rss_mb, settle, timed
 
 NAME = "io"
 
@@ -84,6 +84,7 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
 
         ours, iterate, floor = [], [], []
         read_ours(dataset), read_webdataset_iter(dataset), read_bytes(dataset)  # warm-up, untimed
+        settle()
         for _ in range(repeats):
             ours.append(samples / timed(lambda: read_ours(dataset)))
             iterate.append(samples / timed(lambda: read_webdataset_iter(dataset)))

@@ -7,6 +7,7 @@ the goal, so a regression shows as a ratio, not as a machine-dependent absolute 
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import math
@@ -114,6 +115,13 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def settle() -> None:
+    """A full garbage collection before timed runs: the one the imports' objects make due (~140 ms
+    in a process that has imported torch) then falls into no side's timed run, whichever side
+    happened to allocate the object that tipped it."""
+    gc.collect()
+
+
 def interleave(repeats: int, ours: Callable[[], float], peer: Callable[[], float],
                warm_up: bool = False) -> tuple[list[float], list[float]]:
     """Run ours and the peer alternately, so drift on the machine hits both alike; ``warm_up``
@@ -122,6 +130,7 @@ def interleave(repeats: int, ours: Callable[[], float], peer: Callable[[], float
     if warm_up:
         ours()
         peer()
+    settle()
     ours_runs, peer_runs = [], []
     for _ in range(repeats):
         ours_runs.append(ours())
