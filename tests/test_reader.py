@@ -228,6 +228,21 @@ def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, 
     pd.testing.assert_frame_equal(first, read_alone(shard))
 
 
+def test_a_view_of_the_mapping_still_held_does_not_fail_the_read(tmp_path, monkeypatch):
+    shard = write_tar(tmp_path / "0.tar", [("a.jpg", b"A" * 600), ("a.txt", b"one"), ("b.jpg", b"B"), ("b.txt", b"two")])
+    held = []
+    index_plain_tar = reader.index_plain_tar
+    # as when something else (in a dask worker) still holds a view of the mapped shard as reading ends
+    monkeypatch.setattr(reader, "index_plain_tar", lambda buffer, with_images: held.append(memoryview(buffer))
+                        or index_plain_tar(buffer, with_images))
+    frame = read_webdataset(shard, with_images=False).compute()
+    assert held and frame.caption.tolist() == ["one", "two"] and frame.error.isna().all()
+    assert bytes(held[0][512:515]) == b"AAA"  # the mapping outlives the read while the view is held
+    held.clear()
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(frame, read_alone(shard, with_images=False))
+
+
 def test_failure_policy_applies_to_a_first_shard_read_once(tmp_path):
     write_tar(tmp_path / "0.tar", [("ok.jpg", b"OK"), ("bad.jpg", b"B"), ("bad.json", b"{nope")])
     write_tar(tmp_path / "1.tar", [("c.jpg", b"C")])

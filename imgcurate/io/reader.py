@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
@@ -87,8 +88,15 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
             if size == 0:
                 return None
             if not task.with_images or size > READ_WHOLE_MAX_BYTES:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                try:
                     return index_plain_tar(mapped, task.with_images)
+                finally:
+                    # closing fails while anything still holds a view of the mapping, however briefly
+                    # (seen now and then in dask workers); the mapping then goes with the last view,
+                    # instead of failing a read that succeeded
+                    with contextlib.suppress(BufferError):
+                        mapped.close()
             data = pa.allocate_buffer(size)
             with memoryview(data) as view:
                 filled = 0
