@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow as pa
 
 from .paths import filesystem, is_local_fs, writable_path
+from .samples import MAX_BINARY_BYTES
 from .tar import is_compressed_shard
 
 READ_AHEAD = 8 * 2**20  # remote reads: fetch 8 MiB at a time, so neighbouring images come in one request
 # small enough that what preadv puts in the buffer is still in the CPU cache when write copies it out
 # (8 MiB made the reshard ~30 % slower here; 256 KiB to 1 MiB measured alike)
 SINK_BUFFER_BYTES = 2**20
-_MAX_BINARY_BYTES = 2**31 - 1  # Arrow binary offsets are 32-bit
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 # the bytes between two neighbouring ranges (other members, headers) are read into this and never
 # looked at, so every sink can share it; ranges further apart are read by separate calls
@@ -143,7 +143,7 @@ class RangeSource:
                              for start, length, wanted in zip(starts.tolist(), lengths.tolist(), valid.tolist())], pa.binary())
         places = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=places[1:])
-        if places[-1] > _MAX_BINARY_BYTES:
+        if places[-1] > MAX_BINARY_BYTES:
             raise ValueError(f"{places[-1]} bytes do not fit one binary array")
         data = pa.allocate_buffer(int(places[-1]))
         view = memoryview(data)

@@ -33,6 +33,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 MAX_GUNZIP_BYTES = 64 * 2**20
 MAX_MEMBER_BYTES = 256 * 2**20  # members loaded into memory (captions, JSON, components; images when wanted)
+MAX_BINARY_BYTES = 2**31 - 1  # what one Arrow binary array holds (its offsets are 32-bit)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # the webdataset library's own rule
 
 

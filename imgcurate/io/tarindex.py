@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .samples import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES
+from .samples import IMAGE_EXTENSIONS, MAX_BINARY_BYTES, MAX_MEMBER_BYTES
 from .tar import BLOCK, ZERO_BLOCK
 
 _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
@@ -35,7 +35,6 @@ _USTAR = np.frombuffer(b"ustar", dtype=np.uint8)  # POSIX ("ustar\\x0000") and G
 _NAME_CHARS = np.zeros(256, dtype=bool)  # names made only of these need no normalisation
 for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0123456789", b"_-+./,=@%~"):
     _NAME_CHARS[np.frombuffer(_chars, dtype=np.uint8)] = True
-_MAX_BINARY_BYTES = 2**31 - 1  # Arrow binary offsets are 32-bit
 
 
 @dataclass
@@ -232,7 +231,7 @@ def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, co
     One ``take`` copies them all in Arrow's C++ (and without the GIL): ``buffer`` is seen as a
     binary array whose values alternate between the bytes around the ranges and the ranges.
     """
-    if int(sizes.sum()) > _MAX_BINARY_BYTES:
+    if int(sizes.sum()) > MAX_BINARY_BYTES:
         return None
     bounds = np.empty(2 * len(offsets) + 2, dtype=np.int64)
     bounds[0], bounds[-1] = 0, len(buffer)
