@@ -19,6 +19,7 @@ shards it accepts, both give the same samples.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,9 @@ _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, wi
 _REGULAR = np.array([ord("0"), 0, ord("7")], dtype=np.uint8)  # the type flags tar.py reads as regular files
 _POSIX_MAGIC = np.frombuffer(b"ustar\x0000", dtype=np.uint8)
 _USTAR = np.frombuffer(b"ustar", dtype=np.uint8)  # POSIX ("ustar\\x0000") and GNU ("ustar  \\x00") headers
+# a header's size field as bytes, in one call (a memoryview slice, then tobytes, made the walk ~17 %
+# slower: 920 against 770 µs for an 800-sample shard)
+_SIZE_FIELD = struct.Struct("12s").unpack_from
 _NAME_CHARS = np.zeros(256, dtype=bool)  # names made only of these need no normalisation
 for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0123456789", b"_-+./,=@%~"):
     _NAME_CHARS[np.frombuffer(_chars, dtype=np.uint8)] = True
@@ -90,7 +94,7 @@ def _walk_headers(buffer) -> tuple[np.ndarray, np.ndarray] | None:
         while position < total:
             if position + BLOCK > total:
                 return None
-            field = view[position + 124 : position + 136].tobytes()
+            (field,) = _SIZE_FIELD(view, position + 124)
             if not field[0]:  # no size: the end-of-archive block, or a header the scanner must judge
                 if view[position : position + BLOCK] == ZERO_BLOCK:
                     break
