@@ -215,6 +215,17 @@ def test_first_shard_changed_after_the_layout_pass_is_read_again(tmp_path):
     pd.testing.assert_frame_equal(changed, read_alone(shard))
 
 
+def test_first_partition_from_the_layout_pass_matches_a_read_of_the_shard_wherever_it_is_cut(tmp_path):
+    whole = write_tar(tmp_path / "whole.tar", [
+        ("a.jpg", b"A" * 600), ("a.txt", b"one"), ("a.json", b'{"w": 1}'), ("b.jpg", b"B" * 1500), ("b.txt", b"two"),
+        ("c.png", b"C" * 100), ("c.json", b'{"w": 3}'),
+    ]).read_bytes()
+    shard = tmp_path / "0.tar"
+    for cut in range(0, len(whole) + 1, 61):  # inside headers, images, small members, paddings
+        shard.write_bytes(whole[:cut])
+        pd.testing.assert_frame_equal(read_webdataset(shard).compute(), read_alone(shard), obj=f"cut at {cut}")
+
+
 def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, monkeypatch):
     directory, _ = photo_dataset
     reads = []
