@@ -184,6 +184,15 @@ def test_failure_rows_and_policies(tmp_path):
         read_webdataset(tmp_path / "bad.tar", on_error="raise").compute()
 
 
+@pytest.fixture
+def shard_reads(monkeypatch) -> list[str]:
+    """The URL of every shard read from its file (not from the layout pass's table), in order."""
+    reads = []
+    read_plain_shard = reader.read_plain_shard
+    monkeypatch.setattr(reader, "read_plain_shard", lambda task: reads.append(task.url) or read_plain_shard(task))
+    return reads
+
+
 def read_alone(shard, with_images=True) -> pd.DataFrame:
     """A shard read by itself, not through the layout pass's table."""
     task = reader.ShardTask(str(shard), with_images, reader._sidecar_for(str(shard), "auto", None), None, "report")
@@ -191,17 +200,14 @@ def read_alone(shard, with_images=True) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("with_images", [False, True])
-def test_first_shard_is_read_once(photo_dataset, monkeypatch, with_images):
+def test_first_shard_is_read_once(photo_dataset, shard_reads, monkeypatch, with_images):
     directory, _ = photo_dataset
-    reads = []
-    read_plain_shard = reader.read_plain_shard
-    monkeypatch.setattr(reader, "read_plain_shard", lambda task: reads.append(task.url) or read_plain_shard(task))
     shards = sorted(str(path) for path in directory.glob("*.tar"))
     frame = read_webdataset(directory, with_images=with_images)
     first = frame.get_partition(0).compute()
     frame.compute()
     # the layout pass's read serves the first partition, twice here (its images fetched by byte range)
-    assert sorted(reads) == shards
+    assert sorted(shard_reads) == shards
     monkeypatch.undo()
     pd.testing.assert_frame_equal(first, read_alone(shards[0], with_images))
 
@@ -226,15 +232,12 @@ def test_first_partition_from_the_layout_pass_matches_a_read_of_the_shard_wherev
         pd.testing.assert_frame_equal(read_webdataset(shard).compute(), read_alone(shard), obj=f"cut at {cut}")
 
 
-def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, monkeypatch):
+def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, shard_reads, monkeypatch):
     directory, _ = photo_dataset
-    reads = []
-    read_plain_shard = reader.read_plain_shard
-    monkeypatch.setattr(reader, "read_plain_shard", lambda task: reads.append(task.url) or read_plain_shard(task))
     monkeypatch.setattr(reader, "MAX_MEMBER_BYTES", 1000)  # the photos are larger: their ranges are not fetched
     first = read_webdataset(directory).get_partition(0).compute()
     shard = str(directory / "00000.tar")
-    assert reads == [shard, shard]  # the layout pass, then the partition's own read
+    assert shard_reads == [shard, shard]  # the layout pass, then the partition's own read
     monkeypatch.undo()
     pd.testing.assert_frame_equal(first, read_alone(shard))
 
