@@ -1,5 +1,5 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Both create (or refresh, when setup.cfg changes) the virtual environment in .venv.
+# Both create (or refresh, when setup.cfg, setup.py or the C source changes) the virtual environment in .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch and torchvision are pinned to builds that work together on CPU; see README "Install".
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml imgcurate/io/_tarwalk.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)

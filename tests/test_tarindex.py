@@ -21,7 +21,17 @@ from conftest import build_photo_dataset, write_tar
 from imgcurate.io import reader
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
 from imgcurate.io.schema import parse_json, shard_table
+from imgcurate.io import tarindex
 from imgcurate.io.tarindex import _KEY_EXT, _keys_and_extensions, _octal_fields, index_plain_tar
+
+@pytest.fixture(params=["compiled", "python"], autouse=True)
+def scanner(request, monkeypatch):
+    """Every test runs with each header scanner: the C walk (when built) and the Python one."""
+    if request.param == "compiled" and tarindex._tarwalk is None:
+        pytest.skip("imgcurate was installed without its C extension")
+    chosen = tarindex._scan_headers_compiled if request.param == "compiled" else tarindex._scan_headers_python
+    monkeypatch.setattr(tarindex, "scan_headers", chosen)
+    return request.param
 
 
 def both_ways(path: Path, with_images: bool):
@@ -298,3 +308,4 @@ def test_names_split_like_the_rule_they_follow(names):
         assert got is not None
         assert got[0].to_pylist() == [m["key"] for m in matches]
         assert got[1].to_pylist() == [m["ext"].lower() for m in matches]
+

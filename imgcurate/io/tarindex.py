@@ -2,10 +2,11 @@
 
 Most WebDataset shards are plain: regular files with short ASCII names, written one after
 another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For those, the headers
-are found by following each member's size to the next header (a short Python loop that reads
-12 bytes per member and touches no member data), then checked all at once with numpy
-(checksums, types, sizes, names), and members are grouped into samples by comparing keys as
-Arrow arrays, without an object per member. Only the small members' bytes are copied out;
+are found by following each member's size to the next header, touching no member data, and
+checked (magic, checksum, type, size): in C without the GIL (``_tarwalk.c``) when imgcurate was
+built with it, else by a Python loop and numpy, with the same answers. Names are split into keys
+and extensions with numpy, and members are grouped into samples by comparing keys as Arrow
+arrays, without an object per member. Only the small members' bytes are copied out;
 image bytes are gathered into one Arrow array by a single ``take`` when wanted, and otherwise
 only located.
 
@@ -29,6 +30,12 @@ import pyarrow.compute as pc
 from .samples import IMAGE_EXTENSIONS, MAX_BINARY_BYTES, MAX_MEMBER_BYTES
 from .tar import BLOCK, ZERO_BLOCK
 
+try:
+    from . import _tarwalk
+except ImportError:  # installed without a C compiler: the same checks run in Python and numpy
+    _tarwalk = None
+
+NAME_FIELD = 100  # bytes of a header's name field
 _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
 _REGULAR = np.array([ord("0"), 0, ord("7")], dtype=np.uint8)  # the type flags tar.py reads as regular files
 _POSIX_MAGIC = np.frombuffer(b"ustar\x0000", dtype=np.uint8)
@@ -120,19 +127,20 @@ def _strings(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _keys_and_extensions(headers: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
-    """Each member's key and lower-case extension, when every name is plain.
+def _keys_and_extensions(names: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
+    """Each member's key and lower-case extension, when every name (a row of ``names``, the
+    headers' 100-byte name fields, NUL-padded) is plain.
 
     A name splits at the first dot of its last path component (samples.py's rule), found on
     all names at once. Where some last component has no dot, or starts with one, the rule's
     regular expression decides.
     """
-    raw = headers[:, :100]
+    raw = names[:, :NAME_FIELD]
     is_nul = raw == 0
-    lengths = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), 100)
+    lengths = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), NAME_FIELD)
     if np.any(lengths == 0):
         return None
-    text = raw[np.arange(100) < lengths[:, None]]  # every name, one after another
+    text = raw[np.arange(NAME_FIELD) < lengths[:, None]]  # every name, one after another
     if not np.all(_NAME_CHARS[text]) or np.any((raw[:, 0] == ord(".")) & (raw[:, 1] == ord("/"))):
         return None
     if np.any((text[:-1] == ord(".")) & (text[1:] == ord("."))):  # a ".." component is not plain; "a..b" is
@@ -155,17 +163,15 @@ def _keys_and_extensions(headers: np.ndarray) -> tuple[pa.Array, pa.Array] | Non
     return keys, _strings(ext, ends - first_dot - 1)
 
 
-def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
-    """The samples of the tar in ``buffer`` (bytes, an Arrow buffer, an mmap, …) if it is plain,
-    else None (see the module docstring)."""
+def _scan_headers_python(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Header positions, member sizes and name fields of a plain tar, else None: the chain walked
+    in Python, then every header checked at once with numpy."""
     chain = _walk_headers(buffer)
     if chain is None:
         return None
     starts, sizes = chain
-    count = len(starts)
-    if count == 0:
-        none = np.zeros(0, dtype=np.int64)
-        return PlainShard([], [], [], [], pa.array([], pa.binary()) if with_images else None, none, none, [], [])
+    if not len(starts):
+        return starts, sizes, np.zeros((0, NAME_FIELD), dtype=np.uint8)
     blocks = np.frombuffer(buffer, dtype=np.uint8, count=int(starts[-1]) + BLOCK).reshape(-1, BLOCK)
     headers = blocks[starts // BLOCK]
     del blocks  # an mmap cannot be closed while a view of it is alive
@@ -177,7 +183,36 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     if (checksums is None or not np.array_equal(checksums, unsigned_sum) or not np.all(np.isin(headers[:, 156], _REGULAR))
             or np.any(posix & (headers[:, 345] != 0))):
         return None
-    split = _keys_and_extensions(headers)
+    return starts, sizes, headers[:, :NAME_FIELD]
+
+
+def _scan_headers_compiled(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """What :func:`_scan_headers_python` returns, from the C walk (``_tarwalk.c``): the same
+    checks, one header at a time, without the GIL."""
+    found = _tarwalk.scan_headers(buffer)
+    if found is None:
+        return None
+    starts, sizes, names = found
+    return (np.frombuffer(starts, dtype=np.int64), np.frombuffer(sizes, dtype=np.int64),
+            np.frombuffer(names, dtype=np.uint8).reshape(-1, NAME_FIELD))
+
+
+# the compiled walk when the extension was built (setup.py; it needs a C compiler), else Python's
+scan_headers = _scan_headers_python if _tarwalk is None else _scan_headers_compiled
+
+
+def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
+    """The samples of the tar in ``buffer`` (bytes, an Arrow buffer, an mmap, …) if it is plain,
+    else None (see the module docstring)."""
+    scanned = scan_headers(buffer)
+    if scanned is None:
+        return None
+    starts, sizes, names = scanned
+    count = len(starts)
+    if count == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return PlainShard([], [], [], [], pa.array([], pa.binary()) if with_images else None, none, none, [], [])
+    split = _keys_and_extensions(names)
     if split is None:
         return None
     keys, exts = split
