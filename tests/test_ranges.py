@@ -1,4 +1,4 @@
-"""ShardSink: byte ranges of local files land in the output exactly, however they are batched."""
+"""ShardSink and read_ranges: byte ranges of local files land in the output exactly, however they are batched."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import random
 import sys
 
 import fsspec
+import numpy as np
+import pyarrow as pa
 import pytest
 
-from imgcurate.io.ranges import RangeSource, ShardSink
+from imgcurate.io.ranges import RangeSource, ShardSink, read_ranges
 
 
 @pytest.fixture
@@ -112,3 +114,20 @@ def test_reserved_space_never_outlives_what_was_written(tmp_path, sources, expec
         sink.copy_range(source, str(sources["b.bin"]), 100, 4000)
         sink.close()
     assert out.read_bytes() == b"header" + sources["b.bin"].read_bytes()[100:4100]
+
+
+def test_read_ranges_fills_one_array_with_nulls_where_asked(sources):
+    data = sources["a.bin"].read_bytes()
+    # back to back, a small gap, a gap wider than the scratch area, an empty range, nulls at either end
+    starts = np.array([0, 0, 100, 4000, 900_000, 900_010, 12 * 2**20 - 5, 0])
+    lengths = np.array([7, 100, 50, 1, 10, 0, 5, 3])
+    valid = np.array([False, True, True, True, True, True, True, False])
+    with open(sources["a.bin"], "rb") as f:
+        got = read_ranges(f.fileno(), starts, lengths, valid)
+    expected = [data[s : s + n] if ok else None for s, n, ok in zip(starts.tolist(), lengths.tolist(), valid.tolist())]
+    assert got.type == pa.binary() and got.to_pylist() == expected
+
+
+def test_read_ranges_past_the_end_of_the_file_gives_none(sources):
+    with open(sources["b.bin"], "rb") as f:
+        assert read_ranges(f.fileno(), np.array([0, 2**20 - 10]), np.array([10, 11]), np.array([True, True])) is None

@@ -221,6 +221,23 @@ def test_first_shard_changed_after_the_layout_pass_is_read_again(tmp_path):
     pd.testing.assert_frame_equal(changed, read_alone(shard))
 
 
+def test_shard_cut_between_its_header_walk_and_its_image_read_is_read_again(tmp_path, monkeypatch):
+    shards = [write_tar(tmp_path / f"{i}.tar", [("a.jpg", b"A" * 600), ("a.txt", b"one"), ("b.jpg", b"B" * 900),
+                                                 ("b.txt", b"two")]) for i in range(2)]
+    frame = read_webdataset(tmp_path)  # the layout pass reads 0.tar; 1.tar is read by its partition
+    read_ranges = reader.read_ranges
+
+    def cut_first(fd, *ranges):  # the file shrinks after the headers were walked, before the images are read
+        os.truncate(shards[1], 512 * 6 + 400)
+        return read_ranges(fd, *ranges)
+
+    monkeypatch.setattr(reader, "read_ranges", cut_first)
+    second = frame.get_partition(1).compute()
+    assert second.key.tolist() == ["a", "b"] and second.error.tolist()[-1] == "truncated_member"
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(second, read_alone(shards[1]))
+
+
 def test_first_partition_from_the_layout_pass_matches_a_read_of_the_shard_wherever_it_is_cut(tmp_path):
     whole = write_tar(tmp_path / "whole.tar", [
         ("a.jpg", b"A" * 600), ("a.txt", b"one"), ("a.json", b'{"w": 1}'), ("b.jpg", b"B" * 1500), ("b.txt", b"two"),
@@ -247,8 +264,8 @@ def test_a_view_of_the_mapping_still_held_does_not_fail_the_read(tmp_path, monke
     held = []
     index_plain_tar = reader.index_plain_tar
     # as when something else (in a dask worker) still holds a view of the mapped shard as reading ends
-    monkeypatch.setattr(reader, "index_plain_tar", lambda buffer, with_images: held.append(memoryview(buffer))
-                        or index_plain_tar(buffer, with_images))
+    monkeypatch.setattr(reader, "index_plain_tar", lambda buffer, read_images: held.append(memoryview(buffer))
+                        or index_plain_tar(buffer, read_images))
     frame = read_webdataset(shard, with_images=False).compute()
     assert held and frame.caption.tolist() == ["one", "two"] and frame.error.isna().all()
     assert bytes(held[0][512:515]) == b"AAA"  # the mapping outlives the read while the view is held

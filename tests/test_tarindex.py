@@ -166,7 +166,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
                                   "no_end_blocks_cut_header"])
 def test_shards_that_are_not_plain_go_to_the_scanner(tmp_path, kind):
     shard = unplain(tmp_path / "00000.tar", kind)
-    assert index_plain_tar(shard.read_bytes(), True) is None
+    assert index_plain_tar(shard.read_bytes()) is None
     assert not is_plain(shard)
     assert_same(shard)  # and the reader still gives the scanner's answer
 
@@ -216,7 +216,7 @@ def test_odd_size_fields_are_read_as_the_scanner_reads_them(tmp_path, size_field
     data[148:155] = b"%06o\0" % sum(data[:512])
     shard = tmp_path / "00000.tar"
     shard.write_bytes(bytes(data))
-    assert (index_plain_tar(bytes(data), True) is not None) == plain
+    assert (index_plain_tar(bytes(data)) is not None) == plain
     assert_same(shard)
 
 
@@ -228,20 +228,9 @@ def test_old_tar_without_the_ustar_mark_goes_to_the_scanner(tmp_path):
         data[header + 148 : header + 155] = b"%06o\0" % sum(data[header : header + 512])
     shard = tmp_path / "00000.tar"
     shard.write_bytes(bytes(data))
-    assert index_plain_tar(bytes(data), True) is None
+    assert index_plain_tar(bytes(data)) is None
     assert_same(shard)
     assert both_ways(shard, False)[0].column("caption").to_pylist() == ["one"]
-
-
-def test_shards_too_large_to_read_whole_are_mapped(tmp_path, photos, monkeypatch):
-    build_photo_dataset(tmp_path, photos, sidecar=False)
-    shard = sorted(tmp_path.glob("*.tar"))[0]
-    whole = [read_partition_table(ShardTask(str(shard), images, None, None, "report"), None)[0] for images in (True, False)]
-    monkeypatch.setattr(reader, "READ_WHOLE_MAX_BYTES", 0)
-    assert is_plain(shard)
-    assert_same(shard)
-    mapped = [read_partition_table(ShardTask(str(shard), images, None, None, "report"), None)[0] for images in (True, False)]
-    assert all(a.equals(b) for a, b in zip(whole, mapped))
 
 
 json_values = st.recursive(

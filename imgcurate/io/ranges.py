@@ -82,6 +82,23 @@ def _read_ranges_into(fd: int, ranges: list[tuple[int, memoryview]]) -> bool:
     return True
 
 
+def read_ranges(fd: int, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.BinaryArray | None:
+    """The ranges of the file ``fd`` that start at ``starts`` (ascending) as one binary array, null
+    where not ``valid``; None when the file ends first. Read straight into the array's buffer by
+    as few ``preadv`` calls as the ranges' spacing allows, without the GIL: one copy, from the page
+    cache. The total must fit one binary array (``MAX_BINARY_BYTES``)."""
+    places = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.where(valid, lengths, 0), out=places[1:])
+    data = pa.allocate_buffer(int(places[-1]))
+    view = memoryview(data)
+    pieces = [(start, view[place : place + length])
+              for start, place, length in zip(starts[valid].tolist(), places[:-1][valid].tolist(), lengths[valid].tolist())]
+    if not _read_ranges_into(fd, pieces):
+        return None
+    bitmap = None if valid.all() else pa.array(valid).buffers()[1]
+    return pa.Array.from_buffers(pa.binary(), len(valid), [bitmap, pa.py_buffer(places.astype(np.int32)), data])
+
+
 class RangeSource:
     """Serve byte ranges of many files, keeping each open for the life of the object."""
 
@@ -131,8 +148,8 @@ class RangeSource:
     def read_many(self, url: str, offsets: pa.Array, sizes: pa.Array) -> pa.BinaryArray:
         """The ranges of ``url`` at ``offsets`` (ascending; a null gives a null) as one binary array.
 
-        A local file is read straight into the array's buffer, by as few ``preadv`` calls as the
-        ranges' spacing allows; other files range by range.
+        A local file is read straight into the array's buffer (:func:`read_ranges`); other files
+        range by range.
         """
         valid = offsets.is_valid().to_numpy(zero_copy_only=False)
         starts = offsets.fill_null(0).to_numpy()
@@ -141,18 +158,12 @@ class RangeSource:
         if fd is None:
             return pa.array([self.read(url, start, length) if wanted else None
                              for start, length, wanted in zip(starts.tolist(), lengths.tolist(), valid.tolist())], pa.binary())
-        places = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=places[1:])
-        if places[-1] > MAX_BINARY_BYTES:
-            raise ValueError(f"{places[-1]} bytes do not fit one binary array")
-        data = pa.allocate_buffer(int(places[-1]))
-        view = memoryview(data)
-        ranges = [(start, view[place : place + length])
-                  for start, place, length in zip(starts[valid].tolist(), places[:-1][valid].tolist(), lengths[valid].tolist())]
-        if not _read_ranges_into(fd, ranges):
+        if int(lengths.sum()) > MAX_BINARY_BYTES:
+            raise ValueError(f"{int(lengths.sum())} bytes do not fit one binary array")
+        ranges = read_ranges(fd, starts, lengths, valid)
+        if ranges is None:
             raise OSError(errno.EIO, f"{url} ended before the last of the ranges asked for")
-        bitmap = None if valid.all() else pa.array(valid).buffers()[1]
-        return pa.Array.from_buffers(pa.binary(), len(offsets), [bitmap, pa.py_buffer(places.astype(np.int32)), data])
+        return ranges
 
     def _read_gzip(self, url: str, offset: int, size: int) -> bytes:
         # Decompression only runs forward: reopen when asked to go back.

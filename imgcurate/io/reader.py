@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import mmap
 import os
@@ -18,7 +19,7 @@ from .. import columns as C
 from ..backend import Backend, resolve_backend
 from ..errors import Failure, OnError, apply_policy, check_on_error
 from .paths import expand_shards, filesystem, is_local_fs, sidecar_url
-from .ranges import RangeSource
+from .ranges import RangeSource, read_ranges
 from .samples import MAX_MEMBER_BYTES, Sample, iter_samples
 from .schema import Layout, merge_layouts, shard_table
 from .tar import is_compressed_shard, open_shard_stream
@@ -66,17 +67,14 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
     return samples, failures
 
 
-# Shards whose images are wanted are read whole, up to this size, with one read into Arrow's memory
-# pool (which hands the same memory to the next shard, and reads without the GIL), and the images
-# are copied out of that. Larger shards, and shards read without their images, are mapped: the
-# header walk then touches only the pages that hold headers and small members, instead of
-# copying every image byte once for nothing, and memory stays bounded by what is kept.
-READ_WHOLE_MAX_BYTES = 512 * 2**20
-
-
 def read_plain_shard(task: ShardTask) -> PlainShard | None:
     """A local, uncompressed shard indexed at once when it is plain (the common case; see
-    :mod:`~imgcurate.io.tarindex`), else None and :func:`read_shard_samples` reads it."""
+    :mod:`~imgcurate.io.tarindex`), else None and :func:`read_shard_samples` reads it.
+
+    The file is mapped, so the header walk touches only the pages that hold headers and small
+    members, and the images, when wanted, are read from the file by range into one buffer:
+    each image byte is copied once, and no memory is taken for the rest of the shard.
+    """
     if is_compressed_shard(task.url):
         return None
     fs, path = filesystem(task.url, task.storage_options)
@@ -84,28 +82,18 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
         return None
     try:
         with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
+            if os.fstat(f.fileno()).st_size == 0:
                 return None
-            if not task.with_images or size > READ_WHOLE_MAX_BYTES:
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                try:
-                    return index_plain_tar(mapped, task.with_images)
-                finally:
-                    # closing fails while anything still holds a view of the mapping, however briefly
-                    # (seen now and then in dask workers); the mapping then goes with the last view,
-                    # instead of failing a read that succeeded
-                    with contextlib.suppress(BufferError):
-                        mapped.close()
-            data = pa.allocate_buffer(size)
-            with memoryview(data) as view:
-                filled = 0
-                while filled < size:
-                    got = f.readinto(view[filled:])
-                    if not got:
-                        return None  # the file shrank under us: the scanner will say how
-                    filled += got
-            return index_plain_tar(data, task.with_images)
+            read_images = functools.partial(read_ranges, f.fileno()) if task.with_images else None
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                return index_plain_tar(mapped, read_images)
+            finally:
+                # closing fails while anything still holds a view of the mapping, however briefly
+                # (seen now and then in dask workers); the mapping then goes with the last view,
+                # instead of failing a read that succeeded
+                with contextlib.suppress(BufferError):
+                    mapped.close()
     except (OSError, ValueError):
         return None  # the scanner opens it again and reports what is wrong
 

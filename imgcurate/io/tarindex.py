@@ -6,9 +6,8 @@ are found by following each member's size to the next header, touching no member
 checked (magic, checksum, type, size): in C without the GIL (``_tarwalk.c``) when imgcurate was
 built with it, else by a Python loop and numpy, with the same answers. Names are split into keys
 and extensions with numpy, and members are grouped into samples by comparing keys as Arrow
-arrays, without an object per member. Only the small members' bytes are copied out;
-image bytes are gathered into one Arrow array by a single ``take`` when wanted, and otherwise
-only located.
+arrays, without an object per member. Only the small members' bytes are copied out of the
+buffer (one ``take``); images are located, and loaded by the caller's reader when wanted.
 
 :func:`index_plain_tar` returns ``None`` for anything that is not plain (headers without the
 ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./``
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -201,9 +201,16 @@ def _scan_headers_compiled(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
 scan_headers = _scan_headers_python if _tarwalk is None else _scan_headers_compiled
 
 
-def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
+# reads the images of a shard, given each sample's image offset and size and whether it has one:
+# their bytes as one binary array (null for samples without), or None when the file ends first
+ImageReader = Callable[[np.ndarray, np.ndarray, np.ndarray], pa.BinaryArray | None]
+
+
+def index_plain_tar(buffer, read_images: ImageReader | None = None) -> PlainShard | None:
     """The samples of the tar in ``buffer`` (bytes, an Arrow buffer, an mmap, …) if it is plain,
-    else None (see the module docstring)."""
+    else None (see the module docstring). The images are located, and loaded by ``read_images``
+    when one is given (``reader.read_plain_shard`` reads them from the file by range, so their
+    bytes are copied once)."""
     scanned = scan_headers(buffer)
     if scanned is None:
         return None
@@ -211,7 +218,7 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     count = len(starts)
     if count == 0:
         none = np.zeros(0, dtype=np.int64)
-        return PlainShard([], [], [], [], pa.array([], pa.binary()) if with_images else None, none, none, [], [])
+        return PlainShard([], [], [], [], None if read_images is None else pa.array([], pa.binary()), none, none, [], [])
     split = _keys_and_extensions(names)
     if split is None:
         return None
@@ -236,7 +243,7 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     is_image[:] = False
     is_image[image_members] = True
     loaded = np.flatnonzero(~is_image)
-    if np.any(sizes[loaded] > MAX_MEMBER_BYTES) or (with_images and np.any(sizes[image_members] > MAX_MEMBER_BYTES)):
+    if np.any(sizes[loaded] > MAX_MEMBER_BYTES) or (read_images is not None and np.any(sizes[image_members] > MAX_MEMBER_BYTES)):
         return None
 
     samples = int(sample_of[-1]) + 1
@@ -249,11 +256,17 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
                                           data_offsets[image_members].tolist(), sizes[image_members].tolist()):
         image_ext[sample], image_offset[sample], image_nbytes[sample] = vocabulary[code], offset, size
     images = None
-    if with_images:
-        images = _gather(buffer, data_offsets[image_members], sizes[image_members], image_sample, samples)
+    if read_images is not None:
+        if int(sizes[image_members].sum()) > MAX_BINARY_BYTES:
+            return None
+        has_image = np.zeros(samples, dtype=bool)
+        has_image[image_sample] = True
+        by_sample = np.zeros((2, samples), dtype=np.int64)
+        by_sample[:, image_sample] = data_offsets[image_members], sizes[image_members]
+        images = read_images(by_sample[0], by_sample[1], has_image)
         if images is None:
             return None
-    members = _gather(buffer, data_offsets[loaded], sizes[loaded], np.arange(len(loaded)), len(loaded))
+    members = _gather(buffer, data_offsets[loaded], sizes[loaded])
     if members is None:
         return None
     member_data = members.to_pylist()
@@ -264,8 +277,8 @@ def index_plain_tar(buffer, with_images: bool) -> PlainShard | None:
     )
 
 
-def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, count: int) -> pa.Array | None:
-    """An Arrow binary array of ``count`` rows: the byte ranges of ``buffer`` at ``rows``, null elsewhere.
+def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray) -> pa.Array | None:
+    """The byte ranges of ``buffer`` at ``offsets`` (ascending) as an Arrow binary array.
 
     One ``take`` copies them all in Arrow's C++ (and without the GIL): ``buffer`` is seen as a
     binary array whose values alternate between the bytes around the ranges and the ranges.
@@ -276,8 +289,6 @@ def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, co
     bounds[0], bounds[-1] = 0, len(buffer)
     bounds[1:-1:2], bounds[2:-1:2] = offsets, offsets + sizes
     pieces = pa.Array.from_buffers(pa.large_binary(), len(bounds) - 1, [None, pa.py_buffer(bounds), pa.py_buffer(buffer)])
-    which = np.full(count, -1, dtype=np.int64)
-    which[rows] = 2 * np.arange(len(rows)) + 1
-    gathered = pieces.take(pa.array(which, mask=which < 0))
+    gathered = pieces.take(pa.array(2 * np.arange(len(offsets)) + 1))
     del pieces  # releases the buffer (an mmap cannot be closed while it is exported)
     return gathered.cast(pa.binary())
