@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch and torchvision are pinned to builds that work together on CPU; see README "Install".
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-$(STAMP): setup.cfg setup.py pyproject.toml imgcurate/io/_tarwalk.c
+$(STAMP): setup.cfg setup.py pyproject.toml imgcurate/io/_fastio.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)

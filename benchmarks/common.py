@@ -226,7 +226,7 @@ def machine() -> dict[str, object]:
     info: dict[str, object] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
     from imgcurate.io import tarindex
 
-    info["compiled_tar_walk"] = tarindex._tarwalk is not None  # built at install when a C compiler was there
+    info["compiled_reader_loops"] = tarindex._fastio is not None  # built at install when a C compiler was there
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             model = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]

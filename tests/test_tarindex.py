@@ -27,7 +27,7 @@ from imgcurate.io.tarindex import _KEY_EXT, _keys_and_extensions, _octal_fields,
 @pytest.fixture(params=["compiled", "python"], autouse=True)
 def scanner(request, monkeypatch):
     """Every test runs with each header scanner: the C walk (when built) and the Python one."""
-    if request.param == "compiled" and tarindex._tarwalk is None:
+    if request.param == "compiled" and tarindex._fastio is None:
         pytest.skip("imgcurate was installed without its C extension")
     chosen = tarindex._scan_headers_compiled if request.param == "compiled" else tarindex._scan_headers_python
     monkeypatch.setattr(tarindex, "scan_headers", chosen)

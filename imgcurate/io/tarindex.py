@@ -3,7 +3,7 @@
 Most WebDataset shards are plain: regular files with short ASCII names, written one after
 another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For those, the headers
 are found by following each member's size to the next header, touching no member data, and
-checked (magic, checksum, type, size): in C without the GIL (``_tarwalk.c``) when imgcurate was
+checked (magic, checksum, type, size): in C without the GIL (``_fastio.c``) when imgcurate was
 built with it, else by a Python loop and numpy, with the same answers. Names are split into keys
 and extensions with numpy, and members are grouped into samples by comparing keys as Arrow
 arrays, without an object per member. Only the small members' bytes are copied out of the
@@ -20,8 +20,8 @@ shards it accepts, both give the same samples.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +31,9 @@ from .samples import IMAGE_EXTENSIONS, MAX_BINARY_BYTES, MAX_MEMBER_BYTES
 from .tar import BLOCK, ZERO_BLOCK
 
 try:
-    from . import _tarwalk
+    from . import _fastio
 except ImportError:  # installed without a C compiler: the same checks run in Python and numpy
-    _tarwalk = None
+    _fastio = None
 
 NAME_FIELD = 100  # bytes of a header's name field
 _KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
@@ -187,9 +187,9 @@ def _scan_headers_python(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
 
 
 def _scan_headers_compiled(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """What :func:`_scan_headers_python` returns, from the C walk (``_tarwalk.c``): the same
+    """What :func:`_scan_headers_python` returns, from the C walk (``_fastio.c``): the same
     checks, one header at a time, without the GIL."""
-    found = _tarwalk.scan_headers(buffer)
+    found = _fastio.scan_headers(buffer)
     if found is None:
         return None
     starts, sizes, names = found
@@ -198,7 +198,7 @@ def _scan_headers_compiled(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
 
 
 # the compiled walk when the extension was built (setup.py; it needs a C compiler), else Python's
-scan_headers = _scan_headers_python if _tarwalk is None else _scan_headers_compiled
+scan_headers = _scan_headers_python if _fastio is None else _scan_headers_compiled
 
 
 # reads the images of a shard, given each sample's image offset and size and whether it has one:
