@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,11 +19,18 @@ pytestmark = pytest.mark.skipif(tarindex._fastio is None, reason="imgcurate was 
 
 
 def _same_scan(data: bytes) -> None:
-    compiled, python = tarindex._scan_headers_compiled(data), tarindex._scan_headers_python(data)
-    assert (compiled is None) == (python is None)
-    if compiled is not None:
-        for got, expected in zip(compiled, python):
-            assert np.array_equal(got, expected)
+    """The C walk over the bytes in memory and over a file holding them (read through its small
+    window) answers as the Python walk does."""
+    python = tarindex._scan_headers_python(data)
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        from_file = tarindex._scanned(tarindex._fastio.scan_file(f.fileno(), len(data)))
+    for compiled in (tarindex.scan_headers(data), from_file):
+        assert (compiled is None) == (python is None)
+        if compiled is not None:
+            for got, expected in zip(compiled, python):
+                assert np.array_equal(got, expected)
 
 
 _FIELDS = [(0, 100), (124, 12), (148, 8), (156, 1), (257, 8), (345, 1)]  # name, size, checksum, type, magic, prefix
@@ -75,8 +83,9 @@ def source_file(tmp_path_factory):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 700_000), st.integers(0, 70_000)), max_size=40), st.booleans())
-def test_the_compiled_range_reader_agrees_with_the_python_one(source_file, pieces, ascending):
+@given(st.lists(st.tuples(st.integers(0, 700_000), st.integers(0, 70_000)), max_size=40), st.booleans(),
+       st.sampled_from([0, 1000, 256 * 2**10]))
+def test_the_compiled_range_reader_agrees_with_the_python_one(source_file, pieces, ascending, max_gap):
     """Ranges back to back, apart, overlapping, out of order, past the end of the file."""
     path = source_file
     if ascending:
@@ -89,7 +98,7 @@ def test_the_compiled_range_reader_agrees_with_the_python_one(source_file, piece
     with open(path, "rb") as f:
         for read in (tarindex._fastio.read_ranges_into, ranges._read_ranges_into_python):
             destination = bytearray(int(sizes.sum()))
-            results.append((read(f.fileno(), offsets, sizes, places, destination), destination))
+            results.append((read(f.fileno(), offsets, sizes, places, destination, max_gap), destination))
     (compiled, compiled_bytes), (python, python_bytes) = results
     assert compiled == python
     if compiled:
@@ -101,4 +110,12 @@ def test_the_compiled_range_reader_refuses_places_outside_its_destination(tmp_pa
     path = tmp_path / "source.bin"
     path.write_bytes(b"x" * 100)
     with open(path, "rb") as f, pytest.raises(ValueError, match="outside"):
-        tarindex._fastio.read_ranges_into(f.fileno(), np.array([0]), np.array([10]), np.array([95]), bytearray(100))
+        tarindex._fastio.read_ranges_into(f.fileno(), np.array([0]), np.array([10]), np.array([95]), bytearray(100), 0)
+
+
+def test_a_file_shorter_than_the_size_given_is_not_plain(tmp_path):
+    data = write_tar_bytes([("a.jpg", b"1" * 700), ("a.txt", b"one")])
+    path = tmp_path / "cut.tar"
+    path.write_bytes(data[:1536 + 300])  # ends inside the caption's header
+    with open(path, "rb") as f:
+        assert tarindex._fastio.scan_file(f.fileno(), len(data)) is None

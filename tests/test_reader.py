@@ -13,7 +13,7 @@ import webdataset as wds
 
 import imgcurate
 from imgcurate.backend import Backend
-from imgcurate.io import reader
+from imgcurate.io import reader, tarindex
 from imgcurate.io.reader import read_webdataset
 
 from conftest import write_tar
@@ -262,9 +262,11 @@ def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, 
 def test_a_view_of_the_mapping_still_held_does_not_fail_the_read(tmp_path, monkeypatch):
     shard = write_tar(tmp_path / "0.tar", [("a.jpg", b"A" * 600), ("a.txt", b"one"), ("b.jpg", b"B"), ("b.txt", b"two")])
     held = []
-    index_plain_tar = reader.index_plain_tar
-    # as when something else (in a dask worker) still holds a view of the mapped shard as reading ends
-    monkeypatch.setattr(reader, "index_plain_tar", lambda buffer, read_images: held.append(memoryview(buffer))
+    index_plain_tar = tarindex.index_plain_tar
+    # the file is mapped where the compiled walk was not built; as when something else (in a dask
+    # worker) still holds a view of the mapped shard as reading ends
+    monkeypatch.setattr(tarindex, "_fastio", None)
+    monkeypatch.setattr(tarindex, "index_plain_tar", lambda buffer, read_images: held.append(memoryview(buffer))
                         or index_plain_tar(buffer, read_images))
     frame = read_webdataset(shard, with_images=False).compute()
     assert held and frame.caption.tolist() == ["one", "two"] and frame.error.isna().all()

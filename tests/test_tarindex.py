@@ -21,16 +21,19 @@ from conftest import build_photo_dataset, write_tar
 from imgcurate.io import reader
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
 from imgcurate.io.schema import parse_json, shard_table
-from imgcurate.io import tarindex
+from imgcurate.io import ranges, tarindex
 from imgcurate.io.tarindex import _KEY_EXT, _keys_and_extensions, _octal_fields, index_plain_tar
 
 @pytest.fixture(params=["compiled", "python"], autouse=True)
 def scanner(request, monkeypatch):
-    """Every test runs with each header scanner: the C walk (when built) and the Python one."""
+    """Every test runs with each way of reading a plain shard: the compiled loops (when built: the
+    file walked through a small window, members and images read by range) and the Python ones
+    (the file mapped, walked in Python, checked with numpy)."""
     if request.param == "compiled" and tarindex._fastio is None:
         pytest.skip("imgcurate was installed without its C extension")
-    chosen = tarindex._scan_headers_compiled if request.param == "compiled" else tarindex._scan_headers_python
-    monkeypatch.setattr(tarindex, "scan_headers", chosen)
+    if request.param == "python":
+        monkeypatch.setattr(tarindex, "_fastio", None)
+        monkeypatch.setattr(ranges, "_fastio", None)
     return request.param
 
 

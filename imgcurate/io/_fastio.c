@@ -10,11 +10,14 @@
  * must judge. It touches one or two cache lines per member, and on a shard just read every one of
  * them is a miss (on a mapped file, a page fault): without the GIL the other threads go on.
  *
- * read_ranges_into(fd, offsets, sizes, places, destination), for ranges.py: reads the byte range
- * of the file at offsets[i] (sizes[i] long, offsets ascending for speed) into destination at
- * places[i], by preadv calls that each take a run of neighbouring ranges (the bytes between them
- * go to a scratch area). False when the file ends first. Without the GIL, and without a Python
- * object per range.
+ * scan_file(fd, size) walks a file the same way, reading it a few KiB at a time (a header, the
+ * small members after it and the next header come in one read), so nothing needs to be mapped.
+ *
+ * read_ranges_into(fd, offsets, sizes, places, destination, max_gap), for ranges.py: reads the
+ * byte range of the file at offsets[i] (sizes[i] long, offsets ascending for speed) into
+ * destination at places[i], by preadv calls that each take a run of ranges at most max_gap bytes
+ * apart (the bytes between them go to a scratch area). False when the file ends first. Without
+ * the GIL, and without a Python object per range.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -100,14 +103,43 @@ static int grow(Chain *chain)
     return 1;
 }
 
+/* Where the walk finds its headers: a buffer in memory, or a file read through a small window */
+#define WINDOW 8192 /* a header, the small members after it and the next header, in one read */
+typedef struct {
+    const unsigned char *data; /* the buffer, or NULL for a file */
+    int fd;
+    unsigned char *window;
+    int64_t window_start, window_length;
+} Source;
+
+/* The 512 bytes at `position`, or NULL when the source ends before them */
+static const unsigned char *block_at(Source *source, int64_t position, int64_t total)
+{
+    if (position + BLOCK > total)
+        return NULL;
+    if (source->data)
+        return source->data + position;
+    if (position < source->window_start || position + BLOCK > source->window_start + source->window_length) {
+        ssize_t got;
+        do
+            got = pread(source->fd, source->window, WINDOW, position);
+        while (got < 0 && errno == EINTR);
+        source->window_start = position;
+        source->window_length = got < 0 ? 0 : got;
+        if (got < BLOCK)
+            return NULL; /* a read error, or the file is shorter than it was: the scanner will say */
+    }
+    return source->window + (position - source->window_start);
+}
+
 /* 1: a plain chain; 0: not plain; -1: out of memory */
-static int walk(const unsigned char *data, int64_t total, Chain *chain)
+static int walk(Source *source, int64_t total, Chain *chain)
 {
     int64_t position = 0;
     while (position < total) {
-        if (position + BLOCK > total)
+        const unsigned char *h = block_at(source, position, total);
+        if (!h)
             return 0; /* a header cut short */
-        const unsigned char *h = data + position;
         if (h[124] == 0) /* no size: the end-of-archive block, or a header the scanner must judge */
             return is_zero_block(h);
         int64_t size;
@@ -124,36 +156,61 @@ static int walk(const unsigned char *data, int64_t total, Chain *chain)
     return position == total; /* past the end: the last member is cut short */
 }
 
+static PyObject *chain_result(int outcome, Chain *chain)
+{
+    PyObject *result = NULL;
+    if (outcome < 0)
+        PyErr_NoMemory();
+    else if (outcome == 0)
+        result = Py_NewRef(Py_None);
+    else if (chain->count == 0) /* an empty tar (y# would turn its NULL pointers into None) */
+        result = Py_BuildValue("(yyy)", "", "", "");
+    else
+        result = Py_BuildValue("(y#y#y#)",
+                               (const char *)chain->starts, chain->count * (Py_ssize_t)sizeof(int64_t),
+                               (const char *)chain->sizes, chain->count * (Py_ssize_t)sizeof(int64_t),
+                               (const char *)chain->names, chain->count * (Py_ssize_t)NAME);
+    free(chain->starts);
+    free(chain->sizes);
+    free(chain->names);
+    return result;
+}
+
 static PyObject *scan_headers(PyObject *module, PyObject *buffer)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     Chain chain = {NULL, NULL, NULL, 0, 0};
+    Source source = {view.buf, -1, NULL, 0, 0};
     int outcome;
     Py_BEGIN_ALLOW_THREADS
-    outcome = walk(view.buf, view.len, &chain);
+    outcome = walk(&source, view.len, &chain);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *result = NULL;
-    if (outcome < 0)
-        PyErr_NoMemory();
-    else if (outcome == 0)
-        result = Py_NewRef(Py_None);
-    else if (chain.count == 0) /* an empty tar (y# would turn its NULL pointers into None) */
-        result = Py_BuildValue("(yyy)", "", "", "");
-    else
-        result = Py_BuildValue("(y#y#y#)",
-                               (const char *)chain.starts, chain.count * (Py_ssize_t)sizeof(int64_t),
-                               (const char *)chain.sizes, chain.count * (Py_ssize_t)sizeof(int64_t),
-                               (const char *)chain.names, chain.count * (Py_ssize_t)NAME);
-    free(chain.starts);
-    free(chain.sizes);
-    free(chain.names);
-    return result;
+    return chain_result(outcome, &chain);
 }
 
-#define SCRATCH (256 * 1024) /* neighbours further apart than this are read by separate calls */
+static PyObject *scan_file(PyObject *module, PyObject *args)
+{
+    int fd;
+    long long size;
+    if (!PyArg_ParseTuple(args, "iL", &fd, &size))
+        return NULL;
+    unsigned char *window = malloc(WINDOW);
+    if (!window)
+        return PyErr_NoMemory();
+    Chain chain = {NULL, NULL, NULL, 0, 0};
+    Source source = {NULL, fd, window, 0, 0};
+    int outcome;
+    Py_BEGIN_ALLOW_THREADS
+    outcome = walk(&source, size, &chain);
+    Py_END_ALLOW_THREADS
+    free(window);
+    return chain_result(outcome, &chain);
+}
+
+#define SCRATCH (256 * 1024) /* the most a call may read in between two ranges */
 
 /* Read the whole of [start, start + total) into the `count` pieces of `iov`, going on after a
  * short read (a single read returns at most about 2 GiB on Linux); 0 when the file ends first. */
@@ -181,7 +238,7 @@ static int preadv_all(int fd, struct iovec *iov, int count, int64_t start, int64
 }
 
 static int read_runs(int fd, const int64_t *offsets, const int64_t *sizes, const int64_t *places, Py_ssize_t n,
-                     char *destination, struct iovec *iov, int iov_max, char *scratch)
+                     char *destination, int64_t max_gap, struct iovec *iov, int iov_max, char *scratch)
 {
     Py_ssize_t i = 0;
     while (i < n) {
@@ -189,7 +246,7 @@ static int read_runs(int fd, const int64_t *offsets, const int64_t *sizes, const
         int64_t start = offsets[i], end = offsets[i];
         while (i < n && count < iov_max - 1) {
             int64_t gap = offsets[i] - end;
-            if (count > 0 && (gap < 0 || gap > SCRATCH))
+            if (count > 0 && (gap < 0 || gap > max_gap))
                 break;
             if (gap > 0) {
                 iov[count].iov_base = scratch;
@@ -209,10 +266,15 @@ static int read_runs(int fd, const int64_t *offsets, const int64_t *sizes, const
 static PyObject *read_ranges_into(PyObject *module, PyObject *args)
 {
     int fd;
+    long long max_gap;
     Py_buffer offsets, sizes, places, destination;
-    if (!PyArg_ParseTuple(args, "iy*y*y*w*", &fd, &offsets, &sizes, &places, &destination))
+    if (!PyArg_ParseTuple(args, "iy*y*y*w*L", &fd, &offsets, &sizes, &places, &destination, &max_gap))
         return NULL;
     PyObject *result = NULL;
+    if (max_gap < 0 || max_gap > SCRATCH) {
+        PyErr_Format(PyExc_ValueError, "max_gap must be between 0 and %d", SCRATCH);
+        goto done;
+    }
     Py_ssize_t n = offsets.len / (Py_ssize_t)sizeof(int64_t);
     const int64_t *offset = offsets.buf, *size = sizes.buf, *place = places.buf;
     if (sizes.len != offsets.len || places.len != offsets.len) {
@@ -239,7 +301,7 @@ static PyObject *read_ranges_into(PyObject *module, PyObject *args)
     }
     int complete;
     Py_BEGIN_ALLOW_THREADS
-    complete = read_runs(fd, offset, size, place, n, destination.buf, iov, (int)iov_max, scratch);
+    complete = read_runs(fd, offset, size, place, n, destination.buf, max_gap, iov, (int)iov_max, scratch);
     Py_END_ALLOW_THREADS
     free(iov);
     free(scratch);
@@ -255,8 +317,10 @@ done:
 static PyMethodDef methods[] = {
     {"scan_headers", scan_headers, METH_O,
      "scan_headers(buffer) -> (starts, sizes, names) or None: the header chain of a plain tar."},
+    {"scan_file", scan_file, METH_VARARGS,
+     "scan_file(fd, size) -> (starts, sizes, names) or None: scan_headers over a file, read a few KiB at a time."},
     {"read_ranges_into", read_ranges_into, METH_VARARGS,
-     "read_ranges_into(fd, offsets, sizes, places, destination) -> bool: byte ranges of a file into a buffer."},
+     "read_ranges_into(fd, offsets, sizes, places, destination, max_gap) -> bool: byte ranges of a file into a buffer."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -64,11 +64,13 @@ def _reserve(fd: int, size: int) -> None:
         fallocate(fd, 0, 0, size)  # a failure only means the file grows as it is written
 
 
-def _read_ranges_into_python(fd: int, offsets: np.ndarray, sizes: np.ndarray, places: np.ndarray, destination) -> bool:
+def _read_ranges_into_python(fd: int, offsets: np.ndarray, sizes: np.ndarray, places: np.ndarray, destination,
+                             max_gap: int = len(_SCRATCH)) -> bool:
     """Read the range of ``fd`` at ``offsets[i]`` (``sizes[i]`` long) into ``destination`` at
-    ``places[i]``, with as few ``preadv`` calls as the ranges' spacing allows: neighbours are read
-    by one call that sends the bytes between them to a scratch area. False when the file ends first.
-    ``_fastio.read_ranges_into`` does the same in C, without the GIL between calls."""
+    ``places[i]``, with as few ``preadv`` calls as the ranges' spacing allows: ranges at most
+    ``max_gap`` bytes apart are read by one call that sends the bytes between them to a scratch
+    area. False when the file ends first. ``_fastio.read_ranges_into`` does the same in C, without
+    the GIL between calls."""
     with memoryview(destination) as view:
         ranges = [(offset, view[place : place + size])
                   for offset, size, place in zip(offsets.tolist(), sizes.tolist(), places.tolist())]
@@ -79,7 +81,7 @@ def _read_ranges_into_python(fd: int, offsets: np.ndarray, sizes: np.ndarray, pl
             while last < len(ranges) and len(parts) < _IOV_MAX - 1:
                 offset, next_piece = ranges[last]
                 gap = offset - end
-                if not 0 <= gap <= len(_SCRATCH):
+                if not 0 <= gap <= max_gap:
                     break
                 if gap:
                     parts.append(_SCRATCH_VIEW[:gap])
@@ -91,20 +93,25 @@ def _read_ranges_into_python(fd: int, offsets: np.ndarray, sizes: np.ndarray, pl
     return True
 
 
-# the compiled loop when the extension was built (setup.py; it needs a C compiler), else Python's
-_read_ranges_into = _read_ranges_into_python if _fastio is None else _fastio.read_ranges_into
+def _read_ranges_into(fd: int, offsets: np.ndarray, sizes: np.ndarray, places: np.ndarray, destination, max_gap: int) -> bool:
+    """The compiled loop when the extension was built (setup.py; it needs a C compiler), else Python's."""
+    read = _read_ranges_into_python if _fastio is None else _fastio.read_ranges_into
+    return read(fd, offsets, sizes, places, destination, max_gap)
 
 
-def read_ranges(fd: int, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.BinaryArray | None:
+def read_ranges(fd: int, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray,
+                max_gap: int = len(_SCRATCH)) -> pa.BinaryArray | None:
     """The ranges of the file ``fd`` that start at ``starts`` (ascending) as one binary array, null
     where not ``valid``; None when the file ends first. Read straight into the array's buffer by
-    as few ``preadv`` calls as the ranges' spacing allows, without the GIL: one copy, from the page
-    cache. The total must fit one binary array (``MAX_BINARY_BYTES``)."""
+    as few ``preadv`` calls as the ranges' spacing allows (ranges at most ``max_gap`` bytes apart
+    share one), without the GIL: one copy, from the page cache. The total must fit one binary
+    array (``MAX_BINARY_BYTES``)."""
     lengths = np.where(valid, lengths, 0).astype(np.int64)
     places = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=places[1:])
     data = pa.allocate_buffer(int(places[-1]))
-    if not _read_ranges_into(fd, np.ascontiguousarray(starts[valid], dtype=np.int64), lengths[valid], places[:-1][valid], data):
+    if not _read_ranges_into(fd, np.ascontiguousarray(starts[valid], dtype=np.int64), lengths[valid], places[:-1][valid], data,
+                             max_gap):
         return None
     bitmap = None if valid.all() else pa.array(valid).buffers()[1]
     return pa.Array.from_buffers(pa.binary(), len(valid), [bitmap, pa.py_buffer(places.astype(np.int32)), data])
@@ -271,7 +278,7 @@ class ShardSink:
                 last += 1
             _, offsets, sizes, places, _ = zip(*pending[first:last])
             if not _read_ranges_into(fd, np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64),
-                                     np.array(places, dtype=np.int64), self._buffer):
+                                     np.array(places, dtype=np.int64), self._buffer, len(_SCRATCH)):
                 self._read_one_by_one(pending[first:last])
             first = last
 

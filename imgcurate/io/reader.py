@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
-import mmap
 import os
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -23,7 +21,7 @@ from .ranges import RangeSource, read_ranges
 from .samples import MAX_MEMBER_BYTES, Sample, iter_samples
 from .schema import Layout, merge_layouts, shard_table
 from .tar import is_compressed_shard, open_shard_stream
-from .tarindex import PlainShard, index_plain_tar
+from .tarindex import PlainShard, index_plain_file
 
 
 @dataclass(frozen=True)
@@ -71,9 +69,9 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
     """A local, uncompressed shard indexed at once when it is plain (the common case; see
     :mod:`~imgcurate.io.tarindex`), else None and :func:`read_shard_samples` reads it.
 
-    The file is mapped, so the header walk touches only the pages that hold headers and small
-    members, and the images, when wanted, are read from the file by range into one buffer:
-    each image byte is copied once, and no memory is taken for the rest of the shard.
+    The header walk reads only the blocks that hold headers and small members, and the images,
+    when wanted, are read from the file by range into one buffer: each image byte is copied once,
+    and no memory is taken for the rest of the shard.
     """
     if is_compressed_shard(task.url):
         return None
@@ -82,18 +80,11 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
         return None
     try:
         with open(path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size == 0:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
                 return None
             read_images = functools.partial(read_ranges, f.fileno()) if task.with_images else None
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            try:
-                return index_plain_tar(mapped, read_images)
-            finally:
-                # closing fails while anything still holds a view of the mapping, however briefly
-                # (seen now and then in dask workers); the mapping then goes with the last view,
-                # instead of failing a read that succeeded
-                with contextlib.suppress(BufferError):
-                    mapped.close()
+            return index_plain_file(f.fileno(), size, read_images)
     except (OSError, ValueError):
         return None  # the scanner opens it again and reports what is wrong
 

@@ -1,15 +1,16 @@
-"""Index a plain tar in memory or mapped, in one pass: the fast path of ``read_webdataset``.
+"""Index a plain tar in one pass: the fast path of ``read_webdataset``.
 
 Most WebDataset shards are plain: regular files with short ASCII names, written one after
 another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For those, the headers
 are found by following each member's size to the next header, touching no member data, and
-checked (magic, checksum, type, size): in C without the GIL (``_fastio.c``) when imgcurate was
-built with it, else by a Python loop and numpy, with the same answers. Names are split into keys
-and extensions with numpy, and members are grouped into samples by comparing keys as Arrow
-arrays, without an object per member. Only the small members' bytes are copied out of the
-buffer (one ``take``); images are located, and loaded by the caller's reader when wanted.
+checked (magic, checksum, type, size): in C without the GIL (``_fastio.c``), reading a file a few
+KiB at a time, when imgcurate was built with it; else by a Python loop over the mapped file and
+numpy, with the same answers. Names are split into keys and extensions with numpy, and members
+are grouped into samples by comparing keys as Arrow arrays, without an object per member. Only
+the small members' bytes are read; images are located, and loaded by the caller's reader when
+wanted.
 
-:func:`index_plain_tar` returns ``None`` for anything that is not plain (headers without the
+:func:`index_plain_file` and :func:`index_plain_tar` return ``None`` for anything that is not plain (headers without the
 ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./``
 prefix or ``..`` or characters outside a safe set, a repeated extension within a sample,
 ``.gz`` members, bad checksums, a cut-short file): the caller then uses the member-by-member
@@ -19,6 +20,9 @@ shards it accepts, both give the same samples.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .ranges import read_ranges
 from .samples import IMAGE_EXTENSIONS, MAX_BINARY_BYTES, MAX_MEMBER_BYTES
 from .tar import BLOCK, ZERO_BLOCK
 
@@ -186,10 +191,15 @@ def _scan_headers_python(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     return starts, sizes, headers[:, :NAME_FIELD]
 
 
-def _scan_headers_compiled(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """What :func:`_scan_headers_python` returns, from the C walk (``_fastio.c``): the same
-    checks, one header at a time, without the GIL."""
-    found = _fastio.scan_headers(buffer)
+def scan_headers(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Header positions, member sizes and name fields of a plain tar, else None: from the C walk
+    (``_fastio.c``; the same checks, one header at a time, without the GIL) when the extension was
+    built (setup.py; it needs a C compiler), else from :func:`_scan_headers_python`."""
+    return _scan_headers_python(buffer) if _fastio is None else _scanned(_fastio.scan_headers(buffer))
+
+
+def _scanned(found: tuple[bytes, bytes, bytes] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The C walk's answer as arrays."""
     if found is None:
         return None
     starts, sizes, names = found
@@ -197,13 +207,36 @@ def _scan_headers_compiled(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
             np.frombuffer(names, dtype=np.uint8).reshape(-1, NAME_FIELD))
 
 
-# the compiled walk when the extension was built (setup.py; it needs a C compiler), else Python's
-scan_headers = _scan_headers_python if _fastio is None else _scan_headers_compiled
-
-
 # reads the images of a shard, given each sample's image offset and size and whether it has one:
 # their bytes as one binary array (null for samples without), or None when the file ends first
 ImageReader = Callable[[np.ndarray, np.ndarray, np.ndarray], pa.BinaryArray | None]
+
+
+# the small members (captions, JSON, …) are read by range too, each run of them in one call; they
+# sit between images, so a run must not reach across one
+_MEMBER_GAP = 4096
+
+
+def index_plain_file(fd: int, size: int, read_images: ImageReader | None = None) -> PlainShard | None:
+    """:func:`index_plain_tar` of an open file of ``size`` bytes. With the compiled walk, the headers
+    are read a few KiB at a time and the small members by range: nothing is mapped (a mapping's
+    page faults and its unmapping cost more than these reads). Without it, the file is mapped."""
+    if _fastio is None:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        try:
+            return index_plain_tar(mapped, read_images)
+        finally:
+            # closing fails while anything still holds a view of the mapping, however briefly (seen
+            # now and then in dask workers); the mapping then goes with the last view, instead of
+            # failing a read that succeeded
+            with contextlib.suppress(BufferError):
+                mapped.close()
+    members = functools.partial(_read_members, fd)
+    return _index(_scanned(_fastio.scan_file(fd, size)), members, read_images)
+
+
+def _read_members(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> pa.BinaryArray | None:
+    return read_ranges(fd, offsets, sizes, np.ones(len(offsets), dtype=bool), max_gap=_MEMBER_GAP)
 
 
 def index_plain_tar(buffer, read_images: ImageReader | None = None) -> PlainShard | None:
@@ -211,7 +244,13 @@ def index_plain_tar(buffer, read_images: ImageReader | None = None) -> PlainShar
     else None (see the module docstring). The images are located, and loaded by ``read_images``
     when one is given (``reader.read_plain_shard`` reads them from the file by range, so their
     bytes are copied once)."""
-    scanned = scan_headers(buffer)
+    return _index(scan_headers(buffer), functools.partial(_gather, buffer), read_images)
+
+
+def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryArray | None],
+           read_images: ImageReader | None) -> PlainShard | None:
+    """A plain shard's samples from its headers (``scanned``: starts, sizes and names, or None when
+    they are not plain), its small members read by ``read_members``, its images by ``read_images``."""
     if scanned is None:
         return None
     starts, sizes, names = scanned
@@ -266,7 +305,9 @@ def index_plain_tar(buffer, read_images: ImageReader | None = None) -> PlainShar
         images = read_images(by_sample[0], by_sample[1], has_image)
         if images is None:
             return None
-    members = _gather(buffer, data_offsets[loaded], sizes[loaded])
+    if int(sizes[loaded].sum()) > MAX_BINARY_BYTES:
+        return None
+    members = read_members(data_offsets[loaded], sizes[loaded])
     if members is None:
         return None
     member_data = members.to_pylist()
@@ -277,14 +318,12 @@ def index_plain_tar(buffer, read_images: ImageReader | None = None) -> PlainShar
     )
 
 
-def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray) -> pa.Array | None:
+def _gather(buffer, offsets: np.ndarray, sizes: np.ndarray) -> pa.Array:
     """The byte ranges of ``buffer`` at ``offsets`` (ascending) as an Arrow binary array.
 
     One ``take`` copies them all in Arrow's C++ (and without the GIL): ``buffer`` is seen as a
     binary array whose values alternate between the bytes around the ranges and the ranges.
     """
-    if int(sizes.sum()) > MAX_BINARY_BYTES:
-        return None
     bounds = np.empty(2 * len(offsets) + 2, dtype=np.int64)
     bounds[0], bounds[-1] = 0, len(buffer)
     bounds[1:-1:2], bounds[2:-1:2] = offsets, offsets + sizes
