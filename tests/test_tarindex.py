@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import build_photo_dataset, write_tar
-from imgcurate.io import reader
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
 from imgcurate.io.schema import parse_json, shard_table
 from imgcurate.io import ranges, tarindex
