@@ -1,6 +1,5 @@
-/* The two loops of a shard read that hold Python's GIL for no good reason, compiled. Each has a
- * Python twin that runs where this extension was not built, and tests hold the two to the same
- * answers.
+/* The loops of a shard read that would otherwise hold Python's GIL, compiled. Each has a Python
+ * twin that runs where this extension was not built, and tests hold the two to the same answers.
  *
  * scan_headers(buffer), for tarindex.py: follows the header chain of a tar from the first header
  * (each size says where the next header is, so it cannot be vectorised), checks each header as
@@ -9,6 +8,10 @@
  * and each header's 100-byte name field, as bytes. None for anything the member-by-member scanner
  * must judge. It touches one or two cache lines per member, and on a shard just read every one of
  * them is a miss (on a mapped file, a page fault): without the GIL the other threads go on.
+ *
+ * split_names(names), for tarindex.py: keys and lower-case extensions of the 100-byte name fields,
+ * when every name is plain and splits at the first dot of its last component; None hands the
+ * names to the numpy path, which also knows the regular expression for the other cases.
  *
  * scan_file(fd, size) walks a file the same way, reading it a few KiB at a time (a header, the
  * small members after it and the next header come in one read), so nothing needs to be mapped.
@@ -210,6 +213,88 @@ static PyObject *scan_file(PyObject *module, PyObject *args)
     return chain_result(outcome, &chain);
 }
 
+/* Splits each name at the first dot of its last path component: keys and lower-case extensions,
+ * as Arrow string arrays' offsets and data. None unless every name is plain and splits there:
+ * not empty, only [A-Za-z0-9_+./,=@%~-], no "./" prefix, no ".." component, a last component
+ * with a dot that is not its first character. Python's numpy path then decides (it owns the
+ * regular expression for the rest). */
+static int name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("_-+./,=@%~", c));
+}
+
+static PyObject *split_names(PyObject *module, PyObject *buffer)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t n = view.len / NAME;
+    const unsigned char *names = view.buf;
+    int32_t *key_offsets = malloc((n + 1) * sizeof(int32_t)), *ext_offsets = malloc((n + 1) * sizeof(int32_t));
+    char *keys = malloc(n * NAME + 1), *exts = malloc(n * NAME + 1);
+    PyObject *result = NULL;
+    if (!key_offsets || !ext_offsets || !keys || !exts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int plain = 1;
+    int32_t key_end = 0, ext_end = 0;
+    key_offsets[0] = ext_offsets[0] = 0;
+    for (Py_ssize_t i = 0; i < n && plain; i++) {
+        const unsigned char *name = names + i * NAME;
+        int length = 0, last_part = 0, first_dot = -1;
+        while (length < NAME && name[length])
+            length++;
+        if (length == 0 || (length >= 2 && name[0] == '.' && name[1] == '/')) {
+            plain = 0;
+            break;
+        }
+        for (int j = 0; j < length; j++) {
+            if (!name_char(name[j])) {
+                plain = 0;
+                break;
+            }
+            if (name[j] == '/')
+                last_part = j + 1;
+            /* a ".." component: dots from the start or a slash up to the end or a slash */
+            if (name[j] == '.' && j + 1 < length && name[j + 1] == '.' && (j == 0 || name[j - 1] == '/') &&
+                (j + 2 == length || name[j + 2] == '/')) {
+                plain = 0;
+                break;
+            }
+        }
+        if (!plain)
+            break;
+        for (int j = last_part; j < length; j++)
+            if (name[j] == '.') {
+                first_dot = j;
+                break;
+            }
+        if (first_dot < 0 || first_dot == last_part) {
+            plain = 0;
+            break;
+        }
+        memcpy(keys + key_end, name, first_dot);
+        key_offsets[i + 1] = key_end += first_dot;
+        for (int j = first_dot + 1; j < length; j++)
+            exts[ext_end++] = (name[j] >= 'A' && name[j] <= 'Z') ? (name[j] | 0x20) : name[j];
+        ext_offsets[i + 1] = ext_end;
+    }
+    if (!plain)
+        result = Py_NewRef(Py_None);
+    else
+        result = Py_BuildValue("(y#y#y#y#)", (const char *)key_offsets, (n + 1) * (Py_ssize_t)sizeof(int32_t),
+                               keys, (Py_ssize_t)key_end, (const char *)ext_offsets,
+                               (n + 1) * (Py_ssize_t)sizeof(int32_t), exts, (Py_ssize_t)ext_end);
+done:
+    free(key_offsets);
+    free(ext_offsets);
+    free(keys);
+    free(exts);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 #define SCRATCH (256 * 1024) /* the most a call may read in between two ranges */
 
 /* Read the whole of [start, start + total) into the `count` pieces of `iov`, going on after a
@@ -319,6 +404,8 @@ static PyMethodDef methods[] = {
      "scan_headers(buffer) -> (starts, sizes, names) or None: the header chain of a plain tar."},
     {"scan_file", scan_file, METH_VARARGS,
      "scan_file(fd, size) -> (starts, sizes, names) or None: scan_headers over a file, read a few KiB at a time."},
+    {"split_names", split_names, METH_O,
+     "split_names(names) -> (key offsets, keys, extension offsets, extensions) or None: keys and extensions of plain names."},
     {"read_ranges_into", read_ranges_into, METH_VARARGS,
      "read_ranges_into(fd, offsets, sizes, places, destination, max_gap) -> bool: byte ranges of a file into a buffer."},
     {NULL, NULL, 0, NULL},

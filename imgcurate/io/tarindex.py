@@ -132,6 +132,19 @@ def _strings(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+def split_names(names: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
+    """Each member's key and lower-case extension, when every name is plain: split in C when the
+    extension was built and every name splits at the first dot of its last component (the usual
+    case), else by :func:`_keys_and_extensions`, which also knows the other cases."""
+    if _fastio is not None:
+        found = _fastio.split_names(np.ascontiguousarray(names))
+        if found is not None:
+            key_offsets, keys, ext_offsets, exts = found
+            return tuple(pa.Array.from_buffers(pa.string(), len(names), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+                         for offsets, data in ((key_offsets, keys), (ext_offsets, exts)))
+    return _keys_and_extensions(names)
+
+
 def _keys_and_extensions(names: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
     """Each member's key and lower-case extension, when every name (a row of ``names``, the
     headers' 100-byte name fields, NUL-padded) is plain.
@@ -258,7 +271,7 @@ def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryAr
     if count == 0:
         none = np.zeros(0, dtype=np.int64)
         return PlainShard([], [], [], [], None if read_images is None else pa.array([], pa.binary()), none, none, [], [])
-    split = _keys_and_extensions(names)
+    split = split_names(names)
     if split is None:
         return None
     keys, exts = split
