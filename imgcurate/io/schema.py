@@ -467,9 +467,9 @@ def shard_table(
     pad = [None] * n_fail
     table_columns: dict[str, pa.Array | list] = {
         C.KEY: rows.key + [f.key for f in failures],
-        C.IMAGE: _pad(rows.image, n_fail) if isinstance(rows.image, pa.Array) else rows.image + pad,
-        C.IMAGE_EXT: rows.image_ext + pad,
-        C.IMAGE_NBYTES: rows.image_nbytes + pad,
+        C.IMAGE: _pad(rows.image, n_fail),
+        C.IMAGE_EXT: _pad(rows.image_ext, n_fail),
+        C.IMAGE_NBYTES: _pad(rows.image_nbytes, n_fail),
         C.CAPTION: rows.caption + pad,
         C.CLS: rows.cls + pad,
         **{name: _pad(array, n_fail) for name, array in arrays.items()},
@@ -481,7 +481,7 @@ def shard_table(
         C.ERROR: [None] * n + [f.reason for f in failures],
         C.ERROR_MEMBER: [None] * n + [f.member for f in failures],
         C.ERROR_DETAIL: [None] * n + [f.detail for f in failures],
-        C.IMAGE_OFFSET: rows.image_offset + pad,
+        C.IMAGE_OFFSET: _pad(rows.image_offset, n_fail),
     }
     schema = layout.arrow_schema()
     table = pa.Table.from_arrays(
@@ -516,7 +516,10 @@ def merge_layouts(layouts: list[Layout]) -> Layout:
     return Layout(json_fields, sidecar_fields, components, with_images=layouts[0].with_images)
 
 
-def _pad(array: pa.Array, n: int) -> pa.Array:
+def _pad(values: pa.Array | list, n: int) -> pa.Array | list:
+    """``values`` (an Arrow array, or a list of a scanned shard's rows) and ``n`` nulls after them."""
+    if isinstance(values, list):
+        return values + [None] * n
     if n == 0:
-        return array
-    return pa.concat_arrays([array, pa.nulls(n, type=array.type)])
+        return values
+    return pa.concat_arrays([values, pa.nulls(n, type=values.type)])

@@ -57,16 +57,16 @@ for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0
 class PlainShard:
     """The samples of a plain shard, as columns.
 
-    Per sample: ``keys`` and the image member (``image_ext``, ``image_offset``, ``image_nbytes``,
-    ``None`` without one; ``images`` holds the bytes when they were wanted). The other members
+    Per sample: ``keys`` and the image member (Arrow arrays ``image_ext``, ``image_offset``,
+    ``image_nbytes``, null without one; ``images`` holds the bytes when they were wanted). The other members
     are listed in tar order: ``member_sample`` (the sample they belong to), ``member_code`` (their
     extension, as a position in ``extensions``) and ``member_data``.
     """
 
     keys: list[str]
-    image_ext: list[str | None]
-    image_offset: list[int | None]
-    image_nbytes: list[int | None]
+    image_ext: pa.Array
+    image_offset: pa.Array
+    image_nbytes: pa.Array
     images: pa.Array | None
     member_sample: np.ndarray
     member_code: np.ndarray
@@ -270,7 +270,8 @@ def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryAr
     count = len(starts)
     if count == 0:
         none = np.zeros(0, dtype=np.int64)
-        return PlainShard([], [], [], [], None if read_images is None else pa.array([], pa.binary()), none, none, [], [])
+        empty = [pa.array([], typ) for typ in (pa.string(), pa.int64(), pa.int64())]
+        return PlainShard([], *empty, None if read_images is None else pa.array([], pa.binary()), none, none, [], [])
     split = split_names(names)
     if split is None:
         return None
@@ -300,22 +301,17 @@ def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryAr
 
     samples = int(sample_of[-1]) + 1
     image_sample = sample_of[image_members]
-    image_ext: list[str | None] = [None] * samples
-    image_offset: list[int | None] = [None] * samples
-    image_nbytes: list[int | None] = [None] * samples
     data_offsets = starts + BLOCK
-    for sample, code, offset, size in zip(image_sample.tolist(), codes[image_members].tolist(),
-                                          data_offsets[image_members].tolist(), sizes[image_members].tolist()):
-        image_ext[sample], image_offset[sample], image_nbytes[sample] = vocabulary[code], offset, size
+    # each sample's image: offset, size and extension code, null where it has none
+    no_image = np.ones(samples, dtype=bool)
+    no_image[image_sample] = False
+    by_sample = np.zeros((3, samples), dtype=np.int64)
+    by_sample[:, image_sample] = data_offsets[image_members], sizes[image_members], codes[image_members]
     images = None
     if read_images is not None:
         if int(sizes[image_members].sum()) > MAX_BINARY_BYTES:
             return None
-        has_image = np.zeros(samples, dtype=bool)
-        has_image[image_sample] = True
-        by_sample = np.zeros((2, samples), dtype=np.int64)
-        by_sample[:, image_sample] = data_offsets[image_members], sizes[image_members]
-        images = read_images(by_sample[0], by_sample[1], has_image)
+        images = read_images(by_sample[0], by_sample[1], ~no_image)
         if images is None:
             return None
     if int(sizes[loaded].sum()) > MAX_BINARY_BYTES:
@@ -326,7 +322,8 @@ def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryAr
     member_data = members.to_pylist()
     return PlainShard(
         keys=keys.take(pa.array(np.flatnonzero(starts_sample))).to_pylist(),
-        image_ext=image_ext, image_offset=image_offset, image_nbytes=image_nbytes, images=images,
+        image_ext=pa.array(vocabulary, pa.string()).take(pa.array(by_sample[2], mask=no_image)),
+        image_offset=pa.array(by_sample[0], mask=no_image), image_nbytes=pa.array(by_sample[1], mask=no_image), images=images,
         member_sample=sample_of[loaded], member_code=codes[loaded], extensions=vocabulary, member_data=member_data,
     )
 
