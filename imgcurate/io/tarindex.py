@@ -5,17 +5,17 @@ another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For thos
 are found by following each member's size to the next header, touching no member data, and
 checked (magic, checksum, type, size): in C without the GIL (``_fastio.c``), reading a file a few
 KiB at a time, when imgcurate was built with it; else by a Python loop over the mapped file and
-numpy, with the same answers. Names are split into keys and extensions with numpy, and members
-are grouped into samples by comparing keys as Arrow arrays, without an object per member. Only
-the small members' bytes are read; images are located, and loaded by the caller's reader when
-wanted.
+numpy, with the same answers. Names are split into keys and extensions (in C too, where built;
+numpy decides the names that need the rule's regular expression), and members are grouped into
+samples by comparing keys as Arrow arrays, without an object per member. Only the small
+members' bytes are read; images are located, and loaded by the caller's reader when wanted.
 
-:func:`index_plain_file` and :func:`index_plain_tar` return ``None`` for anything that is not plain (headers without the
-ustar magic, as old v7 tars have; pax or GNU records; links, directories, names with a ``./``
-prefix or ``..`` or characters outside a safe set, a repeated extension within a sample,
-``.gz`` members, bad checksums, a cut-short file): the caller then uses the member-by-member
-scanner (``tar.py``, ``samples.py``), which knows every rule and reports every failure. On the
-shards it accepts, both give the same samples.
+:func:`index_plain_file` and :func:`index_plain_tar` return ``None`` for anything that is not
+plain (headers without the ustar magic, as old v7 tars have; pax or GNU records; links,
+directories, names with a ``./`` prefix or ``..`` or characters outside a safe set, a repeated
+extension within a sample, ``.gz`` members, bad checksums, a cut-short file): the caller then
+uses the member-by-member scanner (``tar.py``, ``samples.py``), which knows every rule and
+reports every failure. On the shards it accepts, both give the same samples.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ class PlainShard:
     """The samples of a plain shard, as columns.
 
     Per sample: ``keys`` and the image member (Arrow arrays ``image_ext``, ``image_offset``,
-    ``image_nbytes``, null without one; ``images`` holds the bytes when they were wanted). The other members
-    are listed in tar order: ``member_sample`` (the sample they belong to), ``member_code`` (their
-    extension, as a position in ``extensions``) and ``member_data``.
+    ``image_nbytes``, null without one; ``images`` holds the bytes when they were wanted). The
+    other members are listed in tar order: ``member_sample`` (the sample they belong to),
+    ``member_code`` (their extension, as a position in ``extensions``) and ``member_data``.
     """
 
     keys: list[str]
