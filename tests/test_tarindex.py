@@ -88,12 +88,36 @@ def test_webdataset_testdata_matches(wds_testdata):
     [("a.jpg", b"1"), ("a.json", b'{"a": [1'), ("b.jpg", b"2"), ("b.json", b'2]}'), ("c.jpg", b"3"), ("c.json", b'{"x": 1},{"y": 2}')],
     [("a.jpg", b"1"), ("a.json", b'{\n "w": 1,\n "h": [2,\n 3]\n}'), ("b.jpg", b"2"), ("b.json", b'{"w": 4, "h": [5, 6]}'),
      ("c.jpg", b"3"), ("c.json", b"")],  # a document over several lines, an empty one
+    # .json fields named like reader columns: a key that agrees and one that does not, a caption
+    # that fills a missing .txt and one that disagrees with it
+    [("a.jpg", b"1"), ("a.txt", b"cap"), ("a.json", b'{"key": "a", "caption": "other", "w": 1}'),
+     ("b.jpg", b"2"), ("b.json", b'{"key": "not b", "caption": "from json", "w": 2}')],
     [],
 ])
 def test_plain_shards_match(tmp_path, members):
     shard = write_tar(tmp_path / "00000.tar", members)
     assert is_plain(shard)
     assert_same(shard)
+
+
+@pytest.mark.parametrize("text", [
+    b"plain", "caf\u00e9 \u2603 \U0001F600".encode(), b"", b"nul\0inside", "\ufeffbom".encode(), "\uffff\ufffe".encode(),
+    b"\xed\xa0\x80",  # an encoded surrogate
+    b"\xc0\x80", b"\xe0\x80\x80",  # overlong forms
+    b"\xf4\x90\x80\x80",  # past U+10FFFF
+    b"\xe2\x82", b"\x80", b"\xff",  # cut short, a lone continuation byte, a byte UTF-8 never uses
+])
+def test_captions_decode_as_python_decodes_them(tmp_path, text):
+    """The fast path checks a shard's captions with Arrow; a caption Python would not decode must
+    fail there too (and then be reported as the scanner reports it)."""
+    shard = write_tar(tmp_path / "00000.tar", [("a.jpg", b"1"), ("a.txt", b"ok"), ("b.jpg", b"2"), ("b.txt", text)])
+    assert_same(shard)
+    try:
+        expected = text.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = None
+    caption = both_ways(shard, True)[0].column("caption")[1].as_py()
+    assert caption == expected
 
 
 @pytest.mark.parametrize("names", [

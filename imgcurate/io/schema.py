@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import columns as C
 from ..errors import Failure
@@ -84,6 +85,14 @@ class _Rows:
     def __len__(self):
         return len(self.key)
 
+    def as_lists(self) -> None:
+        """Keys and captions as lists, where a plain shard left them as Arrow arrays: before
+        gaps are filled or rows looked up value by value."""
+        if isinstance(self.key, pa.Array):
+            self.key = self.key.to_pylist()
+        if isinstance(self.caption, pa.Array):
+            self.caption = self.caption.to_pylist()
+
 
 _JSON_DECODER = msgspec.json.Decoder()
 
@@ -108,20 +117,31 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def _json_objects(items: list[bytes]) -> list[dict[str, Any]]:
+def _json_objects(items: pa.BinaryArray) -> list[dict[str, Any]]:
     """:func:`_json_object` of each item, in one msgspec call when every item is a single line
     (each line is parsed on its own, so one document can never run into the next); any doubt
     (a newline inside a document, an empty one, an error, something not an object) and every
     item is parsed by itself."""
-    joined = b"\n".join(items)
-    if joined.count(b"\n") == len(items) - 1:
+    # joined by Arrow, without a bytes object per document
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(items)], pa.int32()), items), b"\n")[0].as_buffer()
+    if np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == ord("\n")) == len(items) - 1:
         try:
             docs = _JSON_DECODER.decode_lines(joined)
         except msgspec.DecodeError:
             docs = None
         if docs is not None and len(docs) == len(items) and all(type(doc) is dict for doc in docs):
             return docs
-    return [_json_object(item) for item in items]
+    return [_json_object(item) for item in items.to_pylist()]
+
+
+def _captions(items: pa.BinaryArray) -> pa.StringArray:
+    """``.txt`` members as text: Arrow checks the UTF-8 as ``bytes.decode`` does, without a str
+    per caption; ValueError when one is not UTF-8 (the shard is then decoded member by member,
+    so the failure is reported in its place)."""
+    try:
+        return items.cast(pa.string())
+    except pa.ArrowInvalid as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _class_number(data: bytes) -> int:
@@ -194,9 +214,9 @@ def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: 
     except ValueError:
         # a member that does not decode: again member by member, so failures are reported in tar order
         columns, rows.components = {name: [None] * n for name in _ROW_FIELDS.values()}, {}
-        keys, extensions = shard_columns.keys, shard_columns.extensions
+        keys, extensions = shard_columns.keys.to_pylist(), shard_columns.extensions
         for sample, code, data in zip(shard_columns.member_sample.tolist(), shard_columns.member_code.tolist(),
-                                      shard_columns.member_data):
+                                      shard_columns.member_data.to_pylist()):
             ext = extensions[code]
             value = _component_value(ext, data, keys[sample], shard, failures)
             if ext in _ROW_FIELDS:
@@ -218,19 +238,26 @@ def _decode_by_extension(shard_columns: PlainShard) -> tuple[dict[str, list[Any]
         if len(members) == 0:
             continue
         ext = extensions[code]
-        items = [data[i] for i in members.tolist()]
-        values = _json_objects(items) if ext == "json" else list(map(_DECODERS[ext][0], items))
+        items = data.take(members)
+        if ext == "json":
+            values = _json_objects(items)
+        elif ext == "txt":
+            values = _captions(items)
+        else:
+            values = list(map(_DECODERS[ext][0], items.to_pylist()))
         if len(members) == n:  # in every sample (an extension appears once per sample)
             columns[_ROW_FIELDS[ext]] = values
         else:
             column = columns[_ROW_FIELDS[ext]]
-            for sample, value in zip(shard_columns.member_sample[members].tolist(), values):
+            for sample, value in zip(shard_columns.member_sample[members].tolist(),
+                                     values.to_pylist() if isinstance(values, pa.Array) else values):
                 column[sample] = value
     components: dict[int, dict[str, Any]] = {}
     others = np.flatnonzero(~np.isin(shard_columns.member_code, row_field_codes))
-    for member, sample, code in zip(others.tolist(), shard_columns.member_sample[others].tolist(),
-                                    shard_columns.member_code[others].tolist()):
-        components.setdefault(sample, {})[extensions[code]] = data[member]
+    if len(others):
+        for member_data, sample, code in zip(data.take(others).to_pylist(), shard_columns.member_sample[others].tolist(),
+                                             shard_columns.member_code[others].tolist()):
+            components.setdefault(sample, {})[extensions[code]] = member_data
     return columns, components
 
 
@@ -263,6 +290,7 @@ def _json_columns(rows: _Rows, reserved: set[str]) -> dict[str, list[Any]]:
         if not reserved.intersection(names) and all(doc is not None and tuple(doc) == names for doc in docs):
             return {name: [doc[name] for doc in docs] for name in names}
     columns: dict[str, list[Any]] = {}
+    rows.as_lists()
     for i, doc in enumerate(docs):
         for name, value in (doc or {}).items():
             if name in reserved:
@@ -400,6 +428,7 @@ def shard_table(
     # sidecar columns joined on key
     sidecar_values: dict[str, list[Any]] = {}
     if sidecar is not None:
+        rows.as_lists()
         sidecar_rows = {k: j for j, k in reversed(list(enumerate(sidecar.column(C.KEY).to_pylist())))}
         lookup = [sidecar_rows.get(k) for k in rows.key]
         for name in sidecar.column_names:
@@ -466,11 +495,11 @@ def shard_table(
     n_fail = len(failures)
     pad = [None] * n_fail
     table_columns: dict[str, pa.Array | list] = {
-        C.KEY: rows.key + [f.key for f in failures],
+        C.KEY: _extend(rows.key, [f.key for f in failures]),
         C.IMAGE: _pad(rows.image, n_fail),
         C.IMAGE_EXT: _pad(rows.image_ext, n_fail),
         C.IMAGE_NBYTES: _pad(rows.image_nbytes, n_fail),
-        C.CAPTION: rows.caption + pad,
+        C.CAPTION: _pad(rows.caption, n_fail),
         C.CLS: rows.cls + pad,
         **{name: _pad(array, n_fail) for name, array in arrays.items()},
         **{ext: values + pad for ext, values in component_values.items()},
@@ -516,10 +545,14 @@ def merge_layouts(layouts: list[Layout]) -> Layout:
     return Layout(json_fields, sidecar_fields, components, with_images=layouts[0].with_images)
 
 
-def _pad(values: pa.Array | list, n: int) -> pa.Array | list:
-    """``values`` (an Arrow array, or a list of a scanned shard's rows) and ``n`` nulls after them."""
+def _extend(values: pa.Array | list, more: list) -> pa.Array | list:
+    """``values`` (an Arrow array from a plain shard, or a list of a scanned shard's rows) with
+    ``more`` after them."""
     if isinstance(values, list):
-        return values + [None] * n
-    if n == 0:
-        return values
-    return pa.concat_arrays([values, pa.nulls(n, type=values.type)])
+        return values + more
+    return pa.concat_arrays([values, pa.array(more, values.type)]) if more else values
+
+
+def _pad(values: pa.Array | list, n: int) -> pa.Array | list:
+    """``values`` and ``n`` nulls after them (the failure rows)."""
+    return _extend(values, [None] * n)

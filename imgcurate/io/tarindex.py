@@ -63,7 +63,7 @@ class PlainShard:
     ``member_code`` (their extension, as a position in ``extensions``) and ``member_data``.
     """
 
-    keys: list[str]
+    keys: pa.Array
     image_ext: pa.Array
     image_offset: pa.Array
     image_nbytes: pa.Array
@@ -71,7 +71,7 @@ class PlainShard:
     member_sample: np.ndarray
     member_code: np.ndarray
     extensions: list[str]
-    member_data: list[bytes]
+    member_data: pa.BinaryArray
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -271,7 +271,8 @@ def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryAr
     if count == 0:
         none = np.zeros(0, dtype=np.int64)
         empty = [pa.array([], typ) for typ in (pa.string(), pa.int64(), pa.int64())]
-        return PlainShard([], *empty, None if read_images is None else pa.array([], pa.binary()), none, none, [], [])
+        return PlainShard(pa.array([], pa.string()), *empty, None if read_images is None else pa.array([], pa.binary()),
+                          none, none, [], pa.array([], pa.binary()))
     split = split_names(names)
     if split is None:
         return None
@@ -319,12 +320,11 @@ def _index(scanned, read_members: Callable[[np.ndarray, np.ndarray], pa.BinaryAr
     members = read_members(data_offsets[loaded], sizes[loaded])
     if members is None:
         return None
-    member_data = members.to_pylist()
     return PlainShard(
-        keys=keys.take(pa.array(np.flatnonzero(starts_sample))).to_pylist(),
+        keys=keys.take(pa.array(np.flatnonzero(starts_sample))),
         image_ext=pa.array(vocabulary, pa.string()).take(pa.array(by_sample[2], mask=no_image)),
         image_offset=pa.array(by_sample[0], mask=no_image), image_nbytes=pa.array(by_sample[1], mask=no_image), images=images,
-        member_sample=sample_of[loaded], member_code=codes[loaded], extensions=vocabulary, member_data=member_data,
+        member_sample=sample_of[loaded], member_code=codes[loaded], extensions=vocabulary, member_data=members,
     )
 
 
