@@ -229,6 +229,10 @@ static PyObject *split_names(PyObject *module, PyObject *buffer)
     if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     Py_ssize_t n = view.len / NAME;
+    if (n > INT32_MAX / NAME) { /* the offsets are 32-bit (Arrow's string type): numpy decides */
+        PyBuffer_Release(&view);
+        return Py_NewRef(Py_None);
+    }
     const unsigned char *names = view.buf;
     int32_t *key_offsets = malloc((n + 1) * sizeof(int32_t)), *ext_offsets = malloc((n + 1) * sizeof(int32_t));
     char *keys = malloc(n * NAME + 1), *exts = malloc(n * NAME + 1);
