@@ -4,8 +4,6 @@ runs the whole fast path with each), and the range reader fills a buffer with th
 
 from __future__ import annotations
 
-import io
-import tarfile
 import tempfile
 
 import numpy as np
@@ -14,6 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from imgcurate.io import ranges, tarindex
+
+from conftest import write_tar
 
 pytestmark = pytest.mark.skipif(tarindex._fastio is None, reason="imgcurate was installed without its C extension")
 
@@ -33,6 +33,12 @@ def _same_scan(data: bytes) -> None:
                 assert np.array_equal(got, expected)
 
 
+@pytest.fixture(scope="module")
+def small_tar(tmp_path_factory) -> bytes:
+    members = [("a.jpg", b"1" * 700), ("a.txt", b"one"), ("b.jpg", b"2"), ("b.json", b"{}"), ("c.jpg", b""), ("c.txt", b"three")]
+    return write_tar(tmp_path_factory.mktemp("tar") / "00000.tar", members).read_bytes()
+
+
 _FIELDS = [(0, 100), (124, 12), (148, 8), (156, 1), (257, 8), (345, 1)]  # name, size, checksum, type, magic, prefix
 
 
@@ -40,11 +46,10 @@ _FIELDS = [(0, 100), (124, 12), (148, 8), (156, 1), (257, 8), (345, 1)]  # name,
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(_FIELDS), st.binary(min_size=1, max_size=12),
                           st.booleans()), max_size=3),
        st.one_of(st.none(), st.integers(0, 512 * 12)))
-def test_the_compiled_scan_agrees_with_the_python_scan(edits, cut):
+def test_the_compiled_scan_agrees_with_the_python_scan(small_tar, edits, cut):
     """Header fields overwritten (with the checksum fixed afterwards or not), the file cut anywhere:
     both scanners accept the same tars and find the same headers, or both hand the tar on."""
-    data = bytearray(write_tar_bytes([("a.jpg", b"1" * 700), ("a.txt", b"one"), ("b.jpg", b"2"), ("b.json", b"{}"),
-                                      ("c.jpg", b""), ("c.txt", b"three")]))
+    data = bytearray(small_tar)
     headers = [0, 1536, 2560, 3584, 4608, 5120]
     for member, (offset, width), value, fix_checksum in edits:
         at = headers[member] + offset
@@ -57,22 +62,12 @@ def test_the_compiled_scan_agrees_with_the_python_scan(edits, cut):
 
 @pytest.mark.parametrize("size_field", [b"        3\0\0\0", b" \0       3\0\0", b"3\0 7       \0", b"00000000003 ", b"3           ",
                                         b"0o000000003\0", b"-0000000003\0", b"\x80" + bytes(10) + b"\x03", b"77777777777\0"])
-def test_the_compiled_scan_reads_odd_size_fields_as_the_python_scan(size_field):
-    data = bytearray(write_tar_bytes([("a.jpg", b"123"), ("a.txt", b"one")]))
+def test_the_compiled_scan_reads_odd_size_fields_as_the_python_scan(tmp_path, size_field):
+    data = bytearray(write_tar(tmp_path / "00000.tar", [("a.jpg", b"123"), ("a.txt", b"one")]).read_bytes())
     data[124:136] = size_field
     data[148:156] = b" " * 8
     data[148:155] = b"%06o\0" % sum(data[:512])
     _same_scan(bytes(data))
-
-
-def write_tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +109,7 @@ def test_the_compiled_range_reader_refuses_places_outside_its_destination(tmp_pa
 
 
 def test_a_file_shorter_than_the_size_given_is_not_plain(tmp_path):
-    data = write_tar_bytes([("a.jpg", b"1" * 700), ("a.txt", b"one")])
+    data = write_tar(tmp_path / "whole.tar", [("a.jpg", b"1" * 700), ("a.txt", b"one")]).read_bytes()
     path = tmp_path / "cut.tar"
     path.write_bytes(data[:1536 + 300])  # ends inside the caption's header
     with open(path, "rb") as f:

@@ -65,7 +65,7 @@ def _reserve(fd: int, size: int) -> None:
 
 
 def _read_ranges_into_python(fd: int, offsets: np.ndarray, sizes: np.ndarray, places: np.ndarray, destination,
-                             max_gap: int = len(_SCRATCH)) -> bool:
+                             max_gap: int) -> bool:
     """Read the range of ``fd`` at ``offsets[i]`` (``sizes[i]`` long) into ``destination`` at
     ``places[i]``, with as few ``preadv`` calls as the ranges' spacing allows: ranges at most
     ``max_gap`` bytes apart are read by one call that sends the bytes between them to a scratch
