@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import dask
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from dask.dataframe.dask_expr._expr import ArrowStringConversion
 
 import imgcurate
 from imgcurate.backend import Backend
@@ -54,6 +56,21 @@ def test_json_fields_are_typed_columns_and_nested_values_are_json(photo_dataset)
     wide = frame[frame.width > frame.height]
     assert set(wide.key) == {s["key"] for s in samples if s["json"]["landscape"]}
 
+
+
+def test_partitions_arrive_with_the_meta_types_and_no_string_conversion_step(photo_dataset):
+    # Dask's object-to-string pass is left out of the graph: every column is Arrow-backed already,
+    # so the partitions must match the declared types without it, under Dask's default config
+    directory, _ = photo_dataset
+    assert dask.config.get("dataframe.convert-string") in (None, True)
+    df = read_webdataset(directory)
+    assert not any(isinstance(node, ArrowStringConversion) for node in df.expr.walk())
+    partition = df.get_partition(1).compute()
+    assert partition.dtypes.to_dict() == df.dtypes.to_dict()
+    assert not any(dtype == object for dtype in partition.dtypes)
+    assert str(partition.dtypes["key"]) == str(partition.dtypes["caption"]) == "string"
+    # later steps still get Dask's usual handling
+    assert (df[df.width > 0].key.str.len() > 0).all().compute()
 
 def test_sidecar_parquet_is_joined_on_key(photo_dataset):
     directory, samples = photo_dataset
