@@ -107,7 +107,10 @@ static int grow(Chain *chain)
 }
 
 /* Where the walk finds its headers: a buffer in memory, or a file read through a small window */
-#define WINDOW 8192 /* a header, the small members after it and the next header, in one read */
+/* a header, the small members after it and the next header, in one read; a larger window mostly
+   copies the start of an image that the walk skips (8 KiB: 18.6 ms for the benchmark's 8 shards,
+   4 KiB: 15.9 ms) */
+#define WINDOW 4096
 typedef struct {
     const unsigned char *data; /* the buffer, or NULL for a file */
     int fd;
