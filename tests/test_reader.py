@@ -57,7 +57,6 @@ def test_json_fields_are_typed_columns_and_nested_values_are_json(photo_dataset)
     assert set(wide.key) == {s["key"] for s in samples if s["json"]["landscape"]}
 
 
-
 def test_partitions_arrive_with_the_meta_types_and_no_string_conversion_step(photo_dataset):
     # Dask's object-to-string pass is left out of the graph: every column is Arrow-backed already,
     # so the partitions must match the declared types without it, under Dask's default config
@@ -71,6 +70,7 @@ def test_partitions_arrive_with_the_meta_types_and_no_string_conversion_step(pho
     assert str(partition.dtypes["key"]) == str(partition.dtypes["caption"]) == "string"
     # later steps still get Dask's usual handling
     assert (df[df.width > 0].key.str.len() > 0).all().compute()
+
 
 def test_sidecar_parquet_is_joined_on_key(photo_dataset):
     directory, samples = photo_dataset
