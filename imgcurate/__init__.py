@@ -1,28 +1,58 @@
-"""imgcurate: curate image datasets at scale on Dask dataframes over WebDataset shards."""
+"""imgcurate: curate image datasets at scale on Dask dataframes over WebDataset shards.
+
+The package follows the data path (see docs/architecture.md):
+``io`` (shards ↔ partitions) → ``models`` (CLIP, LAION heads) → ``ops`` (partition functions) →
+``dataframe`` (the verbs below) → ``stages`` (Pipeline) → ``app`` (CLI, report, notebook display);
+``common`` is the plumbing they share (backend, failure policy, column names, cluster, progress).
+
+Names are imported on first use, so ``import imgcurate`` loads neither Dask nor torch.
+"""
+
+import sys
 
 from ._version import __version__
-from .dataframe import (
-    embed, filter_aesthetic, filter_nsfw, mark_dropped, mark_where, ok_rows, score_aesthetic, score_nsfw,
-    validate_images, where,
-)
-from .display import show
-from .io.reader import read_webdataset
-from .io.writer import WriteResult, write_webdataset
-from .query import sql
 
-# The models pull in torch and open_clip (seconds to import): loaded on first use.
-_MODELS = ("CLIPImageEmbedder", "AestheticScorer", "NSFWScorer")
+# public name -> module that defines it
+_PUBLIC = {
+    "read_webdataset": "imgcurate.io.reader",
+    "write_webdataset": "imgcurate.io.writer",
+    "WriteResult": "imgcurate.io.writer",
+    "where": "imgcurate.dataframe",
+    "mark_where": "imgcurate.dataframe",
+    "mark_dropped": "imgcurate.dataframe",
+    "ok_rows": "imgcurate.dataframe",
+    "embed": "imgcurate.dataframe",
+    "score_aesthetic": "imgcurate.dataframe",
+    "score_nsfw": "imgcurate.dataframe",
+    "filter_aesthetic": "imgcurate.dataframe",
+    "filter_nsfw": "imgcurate.dataframe",
+    "validate_images": "imgcurate.dataframe",
+    "sql": "imgcurate.dataframe.sql",
+    "show": "imgcurate.app.display",
+    "CLIPImageEmbedder": "imgcurate.models",
+    "AestheticScorer": "imgcurate.models",
+    "NSFWScorer": "imgcurate.models",
+}
 
-__all__ = [
-    "__version__", "read_webdataset", "write_webdataset", "WriteResult", "where", "mark_where", "mark_dropped",
-    "ok_rows", "sql", "show", "embed", "score_aesthetic", "score_nsfw", "filter_aesthetic", "filter_nsfw", "validate_images",
-    *_MODELS,
-]
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
-    if name in _MODELS:
-        from . import models
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgcurate' has no attribute {name!r}")
+    import importlib
 
-        return getattr(models, name)
-    raise AttributeError(f"module 'imgcurate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+if "IPython" in sys.modules:  # in Jupyter: results display as HTML tables (cheap: nothing heavy is imported)
+    from .app.notebook import register_html_formatters
+
+    register_html_formatters()
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

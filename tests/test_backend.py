@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from imgcurate.backend import Backend
+from imgcurate.common.backend import Backend
 
 
 def test_pandas_frames_convert_to_arrow_as_from_pandas_converts_them():
@@ -27,7 +27,7 @@ def test_pandas_frames_convert_to_arrow_as_from_pandas_converts_them():
 
 
 def test_arrow_tables_become_the_frames_to_pandas_makes():
-    from imgcurate.backend import _pandas_type
+    from imgcurate.common.backend import _pandas_type
     from imgcurate.io.schema import JSON_TEXT
 
     table = pa.table({

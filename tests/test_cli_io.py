@@ -10,7 +10,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from imgcurate.cli import main
+from imgcurate.app.cli import main
 
 
 def keys_in(directory: Path) -> list[str]:

@@ -22,8 +22,8 @@ from pathlib import Path
 import dask
 import pytest
 
-from imgcurate.cli import main
-from imgcurate.cluster import SCHEDULER_ENV, dask_client
+from imgcurate.app.cli import main
+from imgcurate.common.cluster import SCHEDULER_ENV, dask_client
 from imgcurate.io.reader import read_webdataset
 from imgcurate.io.writer import MANIFEST_FILE, MARKER, TMP_DIR, write_webdataset
 from imgcurate.models import TINY_MODEL
@@ -246,7 +246,7 @@ def references(tmp_path_factory, dataset, thresholds):
 def test_default_cluster_is_one_single_threaded_process_per_core(caplog):
     from dask.system import CPU_COUNT
 
-    from imgcurate.backend import cuda_available
+    from imgcurate.common.backend import cuda_available
 
     if cuda_available():
         pytest.skip("with a GPU the default is a LocalCUDACluster (tests/test_gpu.py)")

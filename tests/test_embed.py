@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from imgcurate.dataframe import embed, score_aesthetic, score_nsfw
-from imgcurate.errors import SampleError
+from imgcurate.common.errors import SampleError
 from imgcurate.io.reader import read_webdataset
 from imgcurate.io.writer import write_webdataset
 from imgcurate.models import TINY_MODEL, AestheticScorer, CLIPImageEmbedder, NSFWScorer

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from webdataset.tariterators import base_plus_ext
 
-from imgcurate.errors import Failure, SampleError
+from imgcurate.common.errors import Failure, SampleError
 from imgcurate.io.reader import ShardTask, read_partition_table
 from imgcurate.io.samples import IMAGE_EXTENSIONS, Sample, iter_samples
 from imgcurate.io.tar import TarFormatError, iter_tar

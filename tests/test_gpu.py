@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from imgcurate.backend import Backend, _binary_to_lists, _lists_to_binary, cuda_available
+from imgcurate.common.backend import Backend, _binary_to_lists, _lists_to_binary, cuda_available
 from imgcurate.io.reader import read_webdataset
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
@@ -46,7 +46,7 @@ def test_arrow_conversion_for_cudf_keeps_image_bytes(photo_dataset):
 def test_default_cluster_is_one_worker_per_gpu():
     import torch
 
-    from imgcurate.cluster import dask_client
+    from imgcurate.common.cluster import dask_client
 
     with dask_client() as client:
         assert type(client.cluster).__name__ == "LocalCUDACluster"
@@ -122,7 +122,7 @@ def test_cuda_embeddings_match_cpu(photo_dataset, model_name, pretrained, precis
 def test_curate_with_the_cudf_backend_matches_pandas(tmp_path, photo_dataset):
     import dask
 
-    from imgcurate.cluster import dask_client
+    from imgcurate.common.cluster import dask_client
     from imgcurate.dataframe import embed, mark_below_threshold
     from imgcurate.io.writer import write_webdataset
     from imgcurate.models import TINY_MODEL, AestheticScorer, CLIPImageEmbedder, NSFWScorer

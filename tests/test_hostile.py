@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from imgcurate.cli import main
-from imgcurate.errors import Failure
+from imgcurate.app.cli import main
+from imgcurate.common.errors import Failure
 from imgcurate.io.samples import iter_samples, normalize_member_name
 from imgcurate.io.tar import TarFormatError, iter_tar
 from imgcurate.io.writer import MARKER, TMP_DIR

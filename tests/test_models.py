@@ -14,7 +14,7 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from imgcurate.errors import WeightsNotFoundError
+from imgcurate.common.errors import WeightsNotFoundError
 from imgcurate.models import TINY_MODEL, AestheticScorer, CLIPImageEmbedder, NSFWScorer, resolve_model
 from imgcurate.models.clip import _load_visual
 from imgcurate.models.heads import _load_head

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import imgcurate
-from imgcurate.cli import main
+from imgcurate.app.cli import main
 from imgcurate.models import TINY_MODEL
-from imgcurate.query import QueryError, dataset_tables
+from imgcurate.dataframe.sql import QueryError, dataset_tables
 
 from conftest import write_tar
 

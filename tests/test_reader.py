@@ -14,7 +14,7 @@ import webdataset as wds
 from dask.dataframe.dask_expr._expr import ArrowStringConversion
 
 import imgcurate
-from imgcurate.backend import Backend
+from imgcurate.common.backend import Backend
 from imgcurate.io import reader, tarindex
 from imgcurate.io.reader import read_webdataset
 
@@ -197,7 +197,7 @@ def test_failure_rows_and_policies(tmp_path):
     assert failures.error.tolist() == ["invalid_caption", "invalid_json"]
     assert failures.error_member.tolist() == ["ok.txt", "j.json"]
     assert read_webdataset(tmp_path / "bad.tar", on_error="skip").compute().key.tolist() == ["ok", "j"]
-    with pytest.raises(imgcurate.errors.SampleError, match="invalid_caption"):
+    with pytest.raises(imgcurate.common.errors.SampleError, match="invalid_caption"):
         read_webdataset(tmp_path / "bad.tar", on_error="raise").compute()
 
 
@@ -300,7 +300,7 @@ def test_failure_policy_applies_to_a_first_shard_read_once(tmp_path):
     assert reported.error.dropna().tolist() == ["invalid_json"]
     skipped = read_webdataset(tmp_path, with_images=False, on_error="skip").compute()
     assert skipped.error.isna().all() and skipped.key.tolist() == reported.key[reported.error.isna()].tolist()
-    with pytest.raises(imgcurate.errors.SampleError, match="invalid_json"):
+    with pytest.raises(imgcurate.common.errors.SampleError, match="invalid_json"):
         read_webdataset(tmp_path, with_images=False, on_error="raise").compute()
 
 

@@ -26,10 +26,10 @@ import pytest
 from PIL import Image, ImageStat
 
 import imgcurate
-from imgcurate.cli import main
-from imgcurate.display import THUMBNAIL_PX, Gallery
-from imgcurate.report import write_report
-from imgcurate.sample_data import make_sample_dataset
+from imgcurate.app.cli import main
+from imgcurate.app.display import THUMBNAIL_PX, Gallery, pipeline_result_html, write_result_html
+from imgcurate.app.report import write_report
+from imgcurate.app.sample_data import make_sample_dataset
 
 TRUNCATED_KEY = "000000007"  # the sample dataset's cut-short JPEG
 DATA_URI = re.compile(r"^data:image/jpeg;base64,([A-Za-z0-9+/=]+)$")
@@ -233,14 +233,14 @@ def test_result_displays(curated):
     assert text.startswith("PipelineResult('report-test', WriteResult(")
     assert f"dropped={counts['dropped']} (" in text and "failed=1 (decode_error 1)" in text
     assert "aesthetic" in text.splitlines()[-3]  # the stage table follows
-    html = result._repr_html_()
+    html = pipeline_result_html(result)
     assert "RANDOM WEIGHTS" in html
     tags = parse(html)
     cells = [text.strip() for text in tags.text if text.strip()]
     for stage in result.stage_counts:
         assert stage["stage"] in cells
     assert str(counts["read"]) in cells and "decode_error 1" in cells
-    write_html = result.write._repr_html_()
+    write_html = write_result_html(result.write)
     assert f"<b>{result.write.samples}</b> samples" in write_html
     assert "RANDOM" not in write_html  # the writer knows nothing of models
 
@@ -337,3 +337,20 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     top = np.asarray(image.crop((0, 0, 1200, 500)), dtype=np.int16)
     red = (np.abs(top - np.array([0xC0, 0x39, 0x2B])).sum(axis=2) < 30).sum()
     assert red > 20_000, f"only {red} banner-red pixels at the top"
+
+
+def test_results_render_as_html_in_ipython(curated):
+    """WriteResult and PipelineResult carry no HTML themselves; imgcurate registers their renderers with IPython."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from imgcurate.app.notebook import register_html_formatters
+
+    _, result, _ = curated
+    shell = InteractiveShell.instance()
+    try:
+        assert register_html_formatters(shell)
+        formatter = shell.display_formatter.formatters["text/html"]
+        assert formatter(result) == pipeline_result_html(result)
+        assert formatter(result.write) == write_result_html(result.write)
+    finally:
+        InteractiveShell.clear_instance()

@@ -21,8 +21,8 @@ import torch
 import yaml
 
 import imgcurate
-from imgcurate.cli import main
-from imgcurate.errors import PipelineError
+from imgcurate.app.cli import main
+from imgcurate.common.errors import PipelineError
 from imgcurate.models import AestheticScorer, CLIPImageEmbedder, NSFWScorer, TINY_MODEL
 from imgcurate.models.heads import AestheticMLP, NSFWMLP
 from imgcurate.stages import (

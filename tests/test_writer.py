@@ -21,7 +21,7 @@ import pytest
 import webdataset as wds
 
 from imgcurate.dataframe import mark_where, where
-from imgcurate.errors import OutputExistsError
+from imgcurate.common.errors import OutputExistsError
 from imgcurate.io.reader import read_webdataset
 from imgcurate.io.writer import MARKER, TMP_DIR, check_output_dir, plan_shards, unique_keys, write_webdataset
 

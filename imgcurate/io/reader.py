@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import columns as C
-from ..backend import Backend, resolve_backend
-from ..errors import Failure, OnError, apply_policy, check_on_error
+from ..common import columns as C
+from ..common.backend import Backend, resolve_backend
+from ..common.errors import Failure, OnError, apply_policy, check_on_error
 from .paths import expand_shards, filesystem, is_local_fs, sidecar_url
 from .ranges import RangeSource, read_ranges
 from .samples import MAX_MEMBER_BYTES, Sample, iter_samples

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
-from ..errors import OutputExistsError
+from ..common.errors import OutputExistsError
 from .paths import is_local_fs
 
 try:

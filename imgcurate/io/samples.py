@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from ..errors import Failure
+from ..common.errors import Failure
 from .tar import DIRECTORY, FILE, SPECIAL, TarFormatError, TarMember, gunzip_limited, iter_tar
 
 IMAGE_EXTENSIONS = frozenset(

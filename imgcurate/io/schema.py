@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import columns as C
-from ..errors import Failure
+from ..common import columns as C
+from ..common.errors import Failure
 from .samples import Sample
 from .tarindex import PlainShard
 

@@ -41,11 +41,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import columns as C
+from ..common import columns as C
 from .._version import __version__
-from ..backend import backend_of
-from ..errors import MEMBER_REASONS, SAMPLE_REASONS, SHARD_REASONS, OutputExistsError
-from ..progress import compute
+from ..common.backend import backend_of
+from ..common.errors import MEMBER_REASONS, SAMPLE_REASONS, SHARD_REASONS, OutputExistsError
+from ..common.progress import compute
 from .paths import filesystem, full_url, is_local_fs, writable_path
 from .ranges import RangeSource, ShardSink
 from .runlock import hold_marker, marker_held, refuse_live_run
@@ -131,10 +131,6 @@ class WriteResult:
         return (f"WriteResult({self.output_dir!r}, shards={self.shards}, samples={self.samples}, bytes={self.bytes}, "
                 f"read={c.get('read', 0)}, {with_detail('dropped', 'dropped_by_stage')}, {with_detail('failed', 'failed_by_reason')})")
 
-    def _repr_html_(self) -> str:
-        from ..display import write_result_html
-
-        return write_result_html(self)
 
 
 # ---------------------------------------------------------------------------------------

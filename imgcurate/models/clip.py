@@ -26,8 +26,8 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-from ..backend import torch_device
-from ..errors import WeightsNotFoundError
+from ..common.backend import torch_device
+from ..common.errors import WeightsNotFoundError
 from . import tiny  # noqa: F401  (registers imgcurate's tiny test/demo config with open_clip)
 from .weights import MODEL_LOAD_LOCK, downloads_allowed, reachable, sha256_file
 

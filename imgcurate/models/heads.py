@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backend import torch_device
+from ..common.backend import torch_device
 from .weights import MODEL_LOAD_LOCK, WeightFile, resolve_weights, sha256_file
 
 log = logging.getLogger("imgcurate")

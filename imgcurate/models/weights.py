@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import WeightsNotFoundError
+from ..common.errors import WeightsNotFoundError
 
 log = logging.getLogger("imgcurate")
 HOME_ENV = "IMGCURATE_HOME"

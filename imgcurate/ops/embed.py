@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import columns as C
-from ..backend import backend_of
-from ..errors import Failure
+from ..common import columns as C
+from ..common.backend import backend_of
+from ..common.errors import Failure
 from .decode import DecodeFailure, Preprocess, decode_for_device
 from .rows import decode_failure, fetch_readable, in_play, record_failures, set_column
 

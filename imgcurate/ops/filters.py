@@ -16,9 +16,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import columns as C
-from ..backend import backend_of
-from ..query import where_mask
+from ..common import columns as C
+from ..common.backend import backend_of
+from .sql import where_mask
 
 AESTHETIC_SCALE = (1.0, 10.0)
 

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .. import columns as C
-from ..errors import Failure, apply_policy
+from ..common import columns as C
+from ..common.errors import Failure, apply_policy
 from ..io.ranges import RangeSource
 from .decode import DecodeFailure
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .. import columns as C
-from ..backend import backend_of
-from ..errors import Failure
+from ..common import columns as C
+from ..common.backend import backend_of
+from ..common.errors import Failure
 from .decode import DEFAULT_MAX_PIXELS, DecodeFailure, decode_pool, validate_image
 from .rows import decode_failure, fetch_readable, in_play, record_failures
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
+from ..common.errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
 from ..io.writer import WriteResult
 from .stages import (
     Context, FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage,
@@ -57,10 +57,6 @@ class PipelineResult:
     def __repr__(self) -> str:
         return f"PipelineResult({self.name!r}, {self.write!r})\n" + stage_table(self.stage_counts)
 
-    def _repr_html_(self) -> str:
-        from ..display import pipeline_result_html
-
-        return pipeline_result_html(self)
 
 
 def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -181,7 +177,7 @@ class Pipeline:
     def run(self, client=None, *, scheduler: str | None = None) -> PipelineResult:
         """Run on ``client`` (a ``distributed.Client``), else on ``scheduler`` / ``$IMGCURATE_SCHEDULER``,
         else on a local cluster started for this run."""
-        from ..cluster import dask_client
+        from ..common.cluster import dask_client
 
         context = self.validate()
         writer: ImageWriterStage = self.stages[-1]  # type: ignore[assignment]

@@ -14,8 +14,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
-from .. import columns as C
-from ..errors import PipelineError, check_on_error
+from ..common import columns as C
+from ..common.errors import PipelineError, check_on_error
 from ..ops.filters import AESTHETIC_SCALE
 
 log = logging.getLogger("imgcurate")

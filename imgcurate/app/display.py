@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import columns as C
+from ..common import columns as C
 
 THUMBNAIL_PX = 128
 DEFAULT_COLUMNS = (C.CAPTION, C.AESTHETIC_SCORE, C.NSFW_SCORE, C.DROPPED_BY)
@@ -80,7 +80,7 @@ class Gallery:
 
 def thumbnail_uri(data: bytes, size: int = THUMBNAIL_PX) -> str:
     """A JPEG data URI of ``data`` scaled to fit ``size`` pixels; raises ValueError when it cannot be decoded."""
-    from .ops.decode import DEFAULT_MAX_PIXELS
+    from ..ops.decode import DEFAULT_MAX_PIXELS
 
     try:
         with warnings.catch_warnings():
@@ -137,8 +137,8 @@ def gallery_html(tiles: Sequence[Tile]) -> str:
 
 def tar_members(url: str, names: Iterable[str], storage_options: dict | None = None) -> dict[str, bytes]:
     """The bytes of the named members of one tar, read by walking its headers (other data is skipped)."""
-    from .io.paths import filesystem
-    from .io.tar import TarFormatError, is_compressed_shard, iter_tar, open_shard_stream
+    from ..io.paths import filesystem
+    from ..io.tar import TarFormatError, is_compressed_shard, iter_tar, open_shard_stream
 
     wanted = set(names)
     found: dict[str, bytes] = {}
@@ -187,7 +187,7 @@ def _images(table: pa.Table, tars: list[str | None] | None, storage_options: dic
     if C.IMAGE in table.column_names:
         return [data if data is not None else "no image" for data in table.column(C.IMAGE).to_pylist()]
     if tars is None and C.IMAGE_OFFSET in table.column_names:
-        from .ops.rows import fetch_images
+        from ..ops.rows import fetch_images
 
         fetched = fetch_images(table, range(len(table)), storage_options)
         return [item if isinstance(item, bytes) else f"{item.reason}: {item.detail}" for item in fetched]
@@ -228,7 +228,7 @@ def tiles_from_table(table: pa.Table, columns: Sequence[str] | None = None, *, t
 
 def _head_table(df, n: int) -> pa.Table:
     """The first ``n`` rows as Arrow; a Dask frame is computed one partition at a time until there are enough."""
-    from .backend import backend_of
+    from ..common.backend import backend_of
 
     backend = backend_of(df)
     if not hasattr(df, "npartitions"):
@@ -245,8 +245,8 @@ def _head_table(df, n: int) -> pa.Table:
 
 def shard_files(directory: str, storage_options: dict | None = None) -> list[str]:
     """The ``NNNNN.parquet`` metadata files of an imgcurate output directory, in shard order."""
-    from .io.paths import filesystem
-    from .io.writer import shard_parquet_files
+    from ..io.paths import filesystem
+    from ..io.writer import shard_parquet_files
 
     fs, root = filesystem(os.fspath(directory), storage_options)
     if not fs.isdir(root):
@@ -257,7 +257,7 @@ def shard_files(directory: str, storage_options: dict | None = None) -> list[str
 def output_tiles(directory: str, n: int = 12, columns: Sequence[str] | None = None,
                  storage_options: dict | None = None) -> list[Tile]:
     """Tiles of the first ``n`` samples of an imgcurate output directory, images from its tars."""
-    from .io.paths import filesystem
+    from ..io.paths import filesystem
 
     tables, tars, rows = [], [], 0
     for url in shard_files(directory, storage_options):

@@ -20,11 +20,11 @@ from typing import Any
 
 import duckdb
 
-from . import columns as C
-from ._version import __version__
+from ..common import columns as C
+from .._version import __version__
 from .display import gallery_html, html_table, output_tiles, shard_files, stage_rows, write_result_html
-from .io.paths import filesystem, writable_path
-from .io.writer import DROPPED_DIR, MANIFEST_FILE, WriteResult
+from ..io.paths import filesystem, writable_path
+from ..io.writer import DROPPED_DIR, MANIFEST_FILE, WriteResult
 
 HISTOGRAM_BINS = 30
 FAILURE_ROWS = 20
@@ -253,7 +253,7 @@ def _result_of(directory: str, manifest: dict[str, Any]) -> WriteResult:
 
 def report_html(dataset: str, thumbnails: int = 24, storage_options: dict | None = None) -> str:
     """The report on the imgcurate output directory ``dataset`` as one HTML document."""
-    from .query import dataset_tables
+    from ..dataframe.sql import dataset_tables
 
     directory = os.fspath(dataset).rstrip("/")
     manifest = _read_manifest(directory, storage_options)

@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import Sequence
 
-from .cluster import SCHEDULER_ENV, dask_client
-from .errors import ImgcurateError
+from ..common.cluster import SCHEDULER_ENV, dask_client
+from ..common.errors import ImgcurateError
 
 log = logging.getLogger("imgcurate")
 
@@ -55,9 +55,9 @@ def _print_failures(result) -> None:
 
 
 def cmd_reshard(args) -> int:
-    from .dataframe import mark_where, validate_images
-    from .io.reader import read_webdataset
-    from .io.writer import write_webdataset
+    from ..dataframe import mark_where, validate_images
+    from ..io.reader import read_webdataset
+    from ..io.writer import write_webdataset
 
     on_error = "raise" if args.strict else "report"
     with dask_client(args.scheduler):
@@ -73,7 +73,7 @@ def cmd_reshard(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from .query import sql
+    from ..dataframe.sql import sql
 
     with dask_client(args.scheduler, start_cluster=False):
         result = sql(args.sql, args.dataset)
@@ -91,7 +91,7 @@ def cmd_query(args) -> int:
 
 
 def _curate_pipeline(args):
-    from .stages import (
+    from ..stages import (
         FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,
         ImageWriterStage, Pipeline,
     )
@@ -132,7 +132,7 @@ def cmd_curate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .summary import inspect_dataset
+    from ..dataframe.inspect import inspect_dataset
 
     with dask_client(args.scheduler, start_cluster=False):
         report = inspect_dataset(args.path)

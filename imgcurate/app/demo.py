@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from .errors import WeightsNotFoundError
+from ..common.errors import WeightsNotFoundError
 
 TRAINED = {"model_name": "ViT-L-14", "pretrained": "openai", "aesthetic_threshold": 5.0, "nsfw_threshold": 0.5}
 RANDOM_AESTHETIC_QUANTILE = 0.5  # keep the better-scoring half
@@ -36,8 +36,8 @@ class DemoModels:
 
 def find_trained_models() -> DemoModels:
     """The trained weights when they are all available; otherwise the random stand-ins and what is missing."""
-    from .models import AestheticScorer, CLIPImageEmbedder, NSFWScorer
-    from .models.tiny import TINY_MODEL
+    from ..models import AestheticScorer, CLIPImageEmbedder, NSFWScorer
+    from ..models.tiny import TINY_MODEL
 
     missing: list[str] = []
     heads: dict[str, str | None] = {}
@@ -59,9 +59,9 @@ def random_thresholds(data: str, models: DemoModels) -> tuple[float, float]:
     """Quantiles of the random scores on the sample itself (see module docstring)."""
     import dask
 
-    from .dataframe import embed
-    from .io.reader import read_webdataset
-    from .models import AestheticScorer, CLIPImageEmbedder, NSFWScorer
+    from ..dataframe import embed
+    from ..io.reader import read_webdataset
+    from ..models import AestheticScorer, CLIPImageEmbedder, NSFWScorer
 
     df = read_webdataset(data, with_images=False)
     scored = embed(df, CLIPImageEmbedder(models.model_name, models.pretrained, device="cpu"),
@@ -74,7 +74,7 @@ def random_thresholds(data: str, models: DemoModels) -> tuple[float, float]:
 
 def run_demo(directory: str, scheduler: str | None = None) -> int:
     from .sample_data import make_sample_dataset
-    from .stages import (
+    from ..stages import (
         FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,
         ImageWriterStage, Pipeline,
     )
@@ -114,7 +114,7 @@ def run_demo(directory: str, scheduler: str | None = None) -> int:
             warnings.filterwarnings("ignore", message=".*score_threshold=.*", category=UserWarning)
         result = pipeline.run(scheduler=scheduler or "threads")
 
-    from .query import sql
+    from ..dataframe.sql import sql
 
     top = sql("SELECT key, caption, round(aesthetic_score, 4) AS aesthetic, round(nsfw_score, 4) AS nsfw "
               "FROM samples ORDER BY aesthetic_score DESC LIMIT 5", output)

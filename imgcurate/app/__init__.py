@@ -1,0 +1,1 @@
+"""The application: the ``imgcurate`` command, the demo, the HTML report, notebook display and the sample data."""

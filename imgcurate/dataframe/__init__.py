@@ -1,0 +1,16 @@
+"""The dataframe verbs: each takes and returns a Dask DataFrame, a thin ``map_partitions`` over a
+partition function in :mod:`imgcurate.ops`, with its output ``meta`` worked out by running that
+function on the input's empty meta (so mistakes show up when the call is made, before any data
+is read).
+"""
+
+from .embed import embed, score_aesthetic, score_nsfw, score_with
+from .select import (
+    filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
+)
+from .validate import validate_images
+
+__all__ = [
+    "where", "mark_where", "mark_dropped", "ok_rows", "filter_aesthetic", "filter_nsfw", "mark_below_threshold",
+    "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images",
+]

@@ -1,0 +1,64 @@
+"""SQL over one partition's metadata, with DuckDB, read-only.
+
+Every query runs on a DuckDB connection that cannot touch the filesystem or the network
+(``enable_external_access=false``, configuration locked), and only a single ``SELECT`` statement
+is accepted: writes, ``COPY``, ``ATTACH``, ``INSTALL``, ``PRAGMA``, ``SET`` and multiple statements
+are refused with :class:`QueryError`. :func:`where_mask` evaluates a predicate over one
+partition (``imgcurate.where``); :mod:`imgcurate.dataframe.sql` runs whole queries over datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ..common import columns as C
+from ..common.errors import ImgcurateError
+
+
+class QueryError(ImgcurateError, ValueError):
+    """A query or predicate that imgcurate refuses to run, or that DuckDB could not run."""
+
+
+def check_read_only(query: str) -> None:
+    """Accept exactly one SELECT statement; raise :class:`QueryError` otherwise."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {exc}") from exc
+    if len(statements) != 1:
+        raise QueryError(f"exactly one SQL statement is allowed, got {len(statements)}")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError(f"only SELECT queries are allowed (read-only), got {statements[0].type.name}")
+
+
+def locked_connection(tables: dict[str, Any]) -> duckdb.DuckDBPyConnection:
+    """A connection that sees ``tables`` (Arrow tables, datasets or streams) and nothing else."""
+    con = duckdb.connect(config={"enable_external_access": False})
+    for name, table in tables.items():
+        con.register(name, table)
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def metadata_table(table: pa.Table) -> pa.Table:
+    """``table`` without bytes columns: predicates and queries see metadata only."""
+    keep = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)
+            and f.name != C.EXTRA_MEMBERS]
+    return table.select(keep)
+
+
+def where_mask(table: pa.Table, predicate: str) -> pa.Array:
+    """Boolean mask of the rows of ``table`` for which the SQL ``predicate`` holds (NULL → false)."""
+    query = f"SELECT coalesce(({predicate}), false) AS keep FROM samples"
+    check_read_only(query)
+    con = locked_connection({"samples": metadata_table(table)})
+    try:
+        result = con.sql(query).to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(f"cannot evaluate predicate {predicate!r}: {exc}") from exc
+    finally:
+        con.close()
+    return result.column("keep").combine_chunks()
