@@ -25,7 +25,8 @@ import pytest
 from imgcurate.app.cli import main
 from imgcurate.common.cluster import SCHEDULER_ENV, dask_client
 from imgcurate.io.reader import read_webdataset
-from imgcurate.io.writer import MANIFEST_FILE, MARKER, TMP_DIR, write_webdataset
+from imgcurate.io.outputdir import MANIFEST_FILE, MARKER, TMP_DIR
+from imgcurate.io.writer import write_webdataset
 from imgcurate.models import TINY_MODEL
 from imgcurate.stages import (
     FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,

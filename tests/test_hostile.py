@@ -34,7 +34,7 @@ from imgcurate.app.cli import main
 from imgcurate.common.errors import Failure
 from imgcurate.io.samples import iter_samples, normalize_member_name
 from imgcurate.io.tar import TarFormatError, iter_tar
-from imgcurate.io.writer import MARKER, TMP_DIR
+from imgcurate.io.outputdir import MARKER, TMP_DIR
 from imgcurate.ops.decode import DecodeFailure, Preprocess, decode_image, validate_image
 
 from conftest import png_bytes, write_tar

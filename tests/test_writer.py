@@ -23,7 +23,10 @@ import webdataset as wds
 from imgcurate.dataframe import mark_where, where
 from imgcurate.common.errors import OutputExistsError
 from imgcurate.io.reader import read_webdataset
-from imgcurate.io.writer import MARKER, TMP_DIR, check_output_dir, plan_shards, unique_keys, write_webdataset
+from imgcurate.io.assemble import unique_keys
+from imgcurate.io.outputdir import MARKER, TMP_DIR, check_output_dir
+from imgcurate.io.shardplan import plan_shards
+from imgcurate.io.writer import write_webdataset
 
 from conftest import build_photo_dataset, write_tar
 
@@ -349,7 +352,7 @@ def test_json_members_hold_every_metadata_column(tmp_path, photos):
 
     import pyarrow as pa
 
-    from imgcurate.io.writer import sample_json_documents
+    from imgcurate.io.sample_json import sample_json_documents
 
     plain = pa.table({
         "key": ["a", "b"],

@@ -246,7 +246,7 @@ def _head_table(df, n: int) -> pa.Table:
 def shard_files(directory: str, storage_options: dict | None = None) -> list[str]:
     """The ``NNNNN.parquet`` metadata files of an imgcurate output directory, in shard order."""
     from ..io.paths import filesystem
-    from ..io.writer import shard_parquet_files
+    from ..io.outputdir import shard_parquet_files
 
     fs, root = filesystem(os.fspath(directory), storage_options)
     if not fs.isdir(root):
@@ -314,11 +314,6 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         for row in rows
     )
     return f"<table style='{_TABLE_STYLE}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _by_reason(counts: dict[str, Any]) -> dict[str, int]:
-    return {**counts.get("failed_by_reason", {}), **counts.get("rejected_members_by_reason", {}),
-            **counts.get("rejected_shards_by_reason", {})}
 
 
 def _notes(mapping: dict[str, int] | None) -> str:

@@ -24,7 +24,8 @@ from ..common import columns as C
 from .._version import __version__
 from .display import gallery_html, html_table, output_tiles, shard_files, stage_rows, write_result_html
 from ..io.paths import filesystem, writable_path
-from ..io.writer import DROPPED_DIR, MANIFEST_FILE, WriteResult
+from ..io.outputdir import DROPPED_DIR, MANIFEST_FILE
+from ..io.writer import WriteResult
 
 HISTOGRAM_BINS = 30
 FAILURE_ROWS = 20

@@ -10,7 +10,7 @@ import pandas as pd
 from ..common import columns as C
 from ..io.paths import expand_shards, filesystem
 from ..io.reader import read_webdataset
-from ..io.writer import MANIFEST_FILE
+from ..io.outputdir import MANIFEST_FILE
 
 
 def _per_shard(frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from ..common import columns as C
 from ..ops.sql import QueryError, check_read_only, locked_connection, metadata_table
 
 
@@ -61,7 +60,7 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
         return {"samples": _frame_stream(dataset)}
     from ..io.paths import filesystem, full_url, is_shard_name
     from ..io.reader import read_webdataset
-    from ..io.writer import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE, shard_parquet_files
+    from ..io.outputdir import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE, shard_parquet_files
 
     fs, root = filesystem(os.fspath(dataset), storage_options)
     if fs.isfile(root) and root.endswith(".parquet"):

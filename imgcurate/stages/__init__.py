@@ -1,10 +1,13 @@
-"""The stage API: ``Pipeline`` and its stages, a thin layer over the dataframe core."""
+"""The stage API: ``Pipeline`` and its stages, a thin layer over the dataframe core.
 
+``base`` says what a stage is; ``readwrite`` holds the stages at both ends (shards in, shards
+out), ``models`` the CLIP embedding and LAION score filters; ``pipeline`` orders and runs them.
+"""
+
+from .base import Stage
+from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
 from .pipeline import Pipeline, PipelineResult
-from .stages import (
-    FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,
-    ImageWriterStage, Stage,
-)
+from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 
 __all__ = [
     "Pipeline", "PipelineResult", "Stage", "FilePartitioningStage", "ImageReaderStage", "ImageEmbeddingStage",

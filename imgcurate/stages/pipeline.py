@@ -9,17 +9,17 @@ from typing import Any
 
 from ..common.errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
 from ..io.writer import WriteResult
-from .stages import (
-    Context, FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage,
-    ImageReaderStage, ImageWriterStage, Stage, _ScoreFilterStage,
-)
+from .base import Context, Stage
+from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
+from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 
 log = logging.getLogger("imgcurate")
 
+# the stages a configuration file can name, by class name
 STAGES = {cls.__name__: cls for cls in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage,
                                         ImageAestheticFilterStage, ImageNSFWFilterStage, ImageWriterStage)}
-# which sample failures each stage causes (the reader's are truncations; decoding happens when embedding)
-STAGE_FAILURES = {"read": ("truncated_sample",), "embed": ("no_image", "unreadable_image", "decode_error", "image_too_large")}
+# stages that make sense once per pipeline
+ONCE = (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, ImageWriterStage)
 
 
 @dataclass
@@ -72,7 +72,7 @@ def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, 
         if isinstance(stage, ImageWriterStage):
             row.update(out=counts["written"])
         else:
-            lost = {r: failed[r] for r in STAGE_FAILURES.get(stage.name, ()) if failed.get(r)}
+            lost = {r: failed[r] for r in stage.failure_reasons if failed.get(r)}
             if lost:
                 row["failed"] = lost
             if dropped.get(stage.name):
@@ -143,12 +143,17 @@ class Pipeline:
             raise PipelineError("the pipeline has no ImageWriterStage, so nothing would be written; add one at the end")
         if kinds[-1] is not ImageWriterStage:
             raise PipelineError("ImageWriterStage must be the last stage")
-        for kind in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, ImageWriterStage):
+        for kind in ONCE:
             if kinds.count(kind) > 1:
                 raise PipelineError(f"{kind.__name__} appears {kinds.count(kind)} times; use it once")
+        provided: set[str] = set()
         for i, stage in enumerate(self.stages):
-            if isinstance(stage, _ScoreFilterStage) and ImageEmbeddingStage not in kinds[:i]:
-                raise PipelineError(f"{names[i]} needs CLIP embeddings: put ImageEmbeddingStage before it")
+            missing = [column for column in stage.requires if column not in provided]
+            if missing:
+                makers = [n for n, cls in STAGES.items() if set(missing) & set(cls.provides)]
+                raise PipelineError(f"{names[i]} needs {', '.join(missing)}: put {' or '.join(makers) or 'a stage that adds it'} "
+                                    "before it")
+            provided.update(stage.provides)
 
     def validate(self) -> Context:
         """Check everything that can be checked before reading data; returns the build context."""

@@ -1,0 +1,48 @@
+"""``imgcurate reshard`` and ``imgcurate export``: copy a WebDataset into exact-size shards, optionally
+only the samples a SQL predicate keeps; image bytes are copied, never decoded (unless validated)."""
+
+from __future__ import annotations
+
+from ...common.cluster import dask_client
+from .options import add_output, add_scheduler, add_validate_images, print_result
+
+
+def run(args) -> int:
+    from ...dataframe import mark_where, validate_images
+    from ...io.reader import read_webdataset
+    from ...io.writer import write_webdataset
+
+    on_error = "raise" if args.strict else "report"
+    with dask_client(args.scheduler):
+        df = read_webdataset(args.input, with_images=False, on_error=on_error)
+        if getattr(args, "where", None):
+            df = mark_where(df, args.where, stage="where")
+        if args.validate_images:  # after the predicate: rows it drops are not copied, so need no check
+            df = validate_images(df, on_error=on_error)
+        result = write_webdataset(df, args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
+                                  progress=not args.no_progress)
+    print_result(result)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reshard", help="copy a WebDataset into shards of exactly N samples (no decoding)",
+                       description="Copy any WebDataset into shards of exactly --images-per-tar samples, "
+                                   "plus Parquet metadata, without re-encoding images (or decoding them, unless "
+                                   "--validate-images).")
+    p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
+    add_output(p)
+    add_validate_images(p)
+    add_scheduler(p)
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("export", help="reshard only the samples whose metadata matches a SQL predicate",
+                       description="Keep the samples for which a SQL predicate over their metadata holds "
+                                   "(DuckDB syntax, e.g. \"width >= 300 AND caption ILIKE '%%dog%%'\") and "
+                                   "reshard them exactly as `reshard` does.")
+    p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
+    p.add_argument("--where", required=True, metavar="PREDICATE", help="SQL boolean expression over metadata columns")
+    add_output(p)
+    add_validate_images(p)
+    add_scheduler(p)
+    p.set_defaults(func=run)
