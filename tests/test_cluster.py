@@ -313,10 +313,10 @@ def test_curate_on_the_cluster_writes_what_a_local_run_writes_and_loads_models_o
     assert f"{SHARDS}/{SHARDS}" in capsys.readouterr().err
 
     def model_loads():
-        from imgcurate.models.clip import _load_visual
+        from imgcurate.models.clip import _load_model
         from imgcurate.models.heads import _load_head
 
-        return _load_visual.cache_info()._asdict(), _load_head.cache_info()._asdict()
+        return _load_model.cache_info()._asdict(), _load_head.cache_info()._asdict()
 
     loads = cluster.client.run(model_loads)
     assert len(loads) == 2

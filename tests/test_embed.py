@@ -22,7 +22,7 @@ from imgcurate.common.errors import SampleError
 from imgcurate.io.reader import read_webdataset
 from imgcurate.io.writer import write_webdataset
 from imgcurate.models import TINY_MODEL, AestheticScorer, CLIPImageEmbedder, NSFWScorer
-from imgcurate.models.clip import _load_visual
+from imgcurate.models.clip import _load_model
 from imgcurate.models.heads import _load_head
 
 from conftest import aesthetic_reference, aesthetic_state, nsfw_reference, nsfw_state, save_state, write_tar
@@ -83,7 +83,7 @@ def test_tiny_model_matches_open_clip_with_and_without_image_bytes(photo_dataset
     ours = vectors(frames[True].embedding)
     assert np.array_equal(ours, vectors(frames[False].embedding))  # bytes from the column or by range: same pixels
     model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL)
-    model.visual.load_state_dict(tiny.visual().state_dict())  # the same random weights on both sides
+    model.visual.load_state_dict(tiny.model("cpu").visual.state_dict())  # the same random weights on both sides
     reference = open_clip_embeddings(model, preprocess, [s["image"] for s in samples])
     assert_same_embeddings(ours, reference)
 
@@ -184,9 +184,9 @@ def test_fused_scores_equal_separate_scoring_and_numpy(photo_dataset, tiny, head
 def test_embedding_column_type_and_meta_without_loading_models(photo_dataset, tiny, heads):
     directory, _ = photo_dataset
     source = read_webdataset(directory, with_images=False)
-    loads = (_load_visual.cache_info(), _load_head.cache_info())
+    loads = (_load_model.cache_info(), _load_head.cache_info())
     lazy = embed(source, tiny, aesthetic=heads["aesthetic"], nsfw=heads["nsfw"])
-    assert (_load_visual.cache_info(), _load_head.cache_info()) == loads  # meta came from an empty partition
+    assert (_load_model.cache_info(), _load_head.cache_info()) == loads  # meta came from an empty partition
     assert lazy._meta.dtypes["embedding"].pyarrow_dtype == pa.list_(pa.float32(), 768)
     assert lazy._meta.dtypes["aesthetic_score"].pyarrow_dtype == pa.float32()
     frame = lazy.compute()

@@ -15,8 +15,8 @@ import torch
 from open_clip.transformer import QuickGELU
 
 from imgcurate.common.errors import WeightsNotFoundError
-from imgcurate.models import TINY_MODEL, AestheticScorer, CLIPImageEmbedder, NSFWScorer, resolve_model
-from imgcurate.models.clip import _load_visual
+from imgcurate.models import TINY_MODEL, AestheticScorer, CLIPImageEmbedder, CLIPModel, NSFWScorer, resolve_model
+from imgcurate.models.clip import _load_model
 from imgcurate.models.heads import _load_head
 from imgcurate.ops.decode import Preprocess, decode_batch
 
@@ -48,7 +48,7 @@ def test_weights_trained_with_gelu_keep_gelu(model_name, tag):
 
 
 def test_quickgelu_resolution_is_described_and_logged_without_loading(caplog):
-    loads = _load_visual.cache_info()
+    loads = _load_model.cache_info()
     with caplog.at_level(logging.INFO, logger="imgcurate"):
         embedder = CLIPImageEmbedder("ViT-L-14", "openai", device="cpu")
     assert any("QuickGELU" in r.getMessage() and "ViT-L-14" in r.getMessage() for r in caplog.records)
@@ -56,7 +56,7 @@ def test_quickgelu_resolution_is_described_and_logged_without_loading(caplog):
     assert described["quick_gelu"] is True and described["open_clip_config"] == "ViT-L-14"
     assert described["random_weights"] is False and described["embedding_dim"] == 768
     assert CLIPImageEmbedder("ViT-L-14", LAION_TAG, device="cpu").describe()["quick_gelu"] is False
-    assert _load_visual.cache_info() == loads  # no model was built for any of this
+    assert _load_model.cache_info() == loads  # no model was built for any of this
 
 
 def test_unknown_model_or_tag_fails_by_name():
@@ -68,10 +68,10 @@ def test_unknown_model_or_tag_fails_by_name():
 
 def test_tiny_model_is_built_with_its_config_and_cached_per_process():
     embedder = CLIPImageEmbedder(TINY_MODEL, pretrained=None, device="cpu")
-    visual = embedder.visual()
-    assert {type(block.mlp.gelu) for block in visual.transformer.resblocks} == {QuickGELU}
-    assert embedder.visual() is visual
-    assert pickle.loads(pickle.dumps(embedder)).visual() is visual  # an equal copy (as a worker gets) reuses it
+    model = embedder.model("cpu")
+    assert {type(block.mlp.gelu) for block in model.visual.transformer.resblocks} == {QuickGELU}
+    assert embedder.model("cpu") is model
+    assert pickle.loads(pickle.dumps(embedder)).model("cpu") is model  # an equal copy (as a worker gets) reuses it
     assert embedder.describe()["random_weights"] is True
 
 
@@ -237,3 +237,45 @@ def test_clip_checkpoint_file_is_hashed(tmp_path):
     assert described["random_weights"] is False
     with pytest.raises(ValueError, match="neither a file nor a known open_clip tag"):
         CLIPImageEmbedder(TINY_MODEL, pretrained=str(tmp_path / "missing.pt"))
+
+
+# -- text tower and where the model runs ----------------------------------------------------------
+
+def test_text_embeddings_are_open_clips_own(tmp_path):
+    """The text tower of a saved checkpoint gives open_clip's encode_text(tokenizer(caption)), normalised."""
+    reference = open_clip.create_model(TINY_MODEL, pretrained=None)
+    for parameter in reference.parameters():  # weights unlike the seeded random model, so the checkpoint matters
+        torch.nn.init.normal_(parameter, std=0.05)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(reference.state_dict(), checkpoint)
+    captions = ["a photo of a dog", "", "Ünïcödé ✓ 漢字", "word " * 200]  # empty, non-ASCII, past the context length
+    clip = CLIPModel(TINY_MODEL, pretrained=str(checkpoint), device="cpu")
+    ours = clip.embed_text(captions)
+    tokens = open_clip.get_tokenizer(TINY_MODEL)(captions)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(reference.eval().encode_text(tokens), dim=-1).numpy()
+    assert ours.dtype == np.float32 and ours.shape == (4, clip.dim)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert clip.tokenize(captions).shape == (4, 77)
+    assert clip.embed_text([]).shape == (0, clip.dim)
+
+
+def test_device_precision_and_batch_size_are_chosen_where_the_model_runs(monkeypatch):
+    """Left unset, they travel as None and are decided by the machine that runs the model."""
+    import imgcurate.common.backend as backend
+
+    clip = CLIPModel(TINY_MODEL, pretrained=None)
+    scorer = AestheticScorer("random")
+    shipped = pickle.loads(pickle.dumps(clip))
+    assert (shipped.device, shipped.precision, shipped.batch_size) == (None, None, None)
+    assert clip.describe()["device"] == "auto" and scorer.describe()["device"] == "auto"
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
+    assert shipped.runtime() == backend.Runtime("cpu", "fp32", 32)
+    monkeypatch.setattr(backend, "cuda_available", lambda: True)  # the same object on a GPU worker
+    assert shipped.runtime() == backend.Runtime("cuda", "bf16", 256)
+    explicit = CLIPModel(TINY_MODEL, pretrained=None, device="cpu", precision="fp32", batch_size=8)
+    assert explicit.runtime() == backend.Runtime("cpu", "fp32", 8)  # what the user asked for is kept everywhere
+    with pytest.raises(ValueError, match="precision must be one of"):
+        CLIPModel(TINY_MODEL, pretrained=None, precision="int8")
+    with pytest.raises(ValueError, match="batch_size"):
+        CLIPModel(TINY_MODEL, pretrained=None, batch_size=0)

@@ -3,7 +3,10 @@
 * dataframe library: ``"pandas"`` (CPU) or ``"cudf"`` (GPU); partitions are built as Arrow
   tables and converted here, so partition code never branches on the library;
 * array library: numpy or cupy, matching the dataframe library;
-* torch device: ``"cuda"`` when a GPU is visible, else ``"cpu"``.
+* torch device, precision and batch size of a model: ``"cuda"`` (bf16, large batches) when a GPU
+  is visible on the machine that runs the model, else ``"cpu"`` (fp32, small batches). Models
+  call :func:`model_runtime` when they run, on the worker, never when the graph is built: a
+  client without a GPU must not send CPU settings to GPU workers, nor the reverse.
 
 cuDF has no binary column type, so on the cudf backend bytes columns (``image``, other
 components) travel as ``list<uint8>``; :meth:`Backend.to_arrow` turns them back into binary.
@@ -113,10 +116,40 @@ def resolve_backend(backend: str | None = None) -> Backend:
 
 
 def torch_device(device: str | None = None) -> str:
-    """``None`` picks CUDA when present; an explicit device is kept as given."""
+    """``None`` picks CUDA when present on this machine; an explicit device is kept as given."""
     if device is not None:
         return device
     return "cuda" if cuda_available() else "cpu"
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a model runs on this machine."""
+
+    device: str
+    precision: str
+    batch_size: int
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def check_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def model_runtime(device: str | None, precision: str | None, batch_size: int | None, *,
+                  gpu_batch_size: int, cpu_batch_size: int) -> Runtime:
+    """A model's runtime on the machine calling this (a worker): ``None`` choices are made here,
+    CUDA with bf16 and ``gpu_batch_size`` when a GPU is visible, else CPU with fp32 and ``cpu_batch_size``."""
+    chosen = torch_device(device)
+    on_gpu = chosen.startswith("cuda")
+    return Runtime(chosen, precision or ("bf16" if on_gpu else "fp32"), batch_size or (gpu_batch_size if on_gpu else cpu_batch_size))
 
 
 def _binary_to_lists(table: pa.Table) -> pa.Table:

@@ -1,8 +1,11 @@
-"""CLIP image embeddings with open_clip.
+"""CLIP image and text embeddings with open_clip.
 
-``CLIPImageEmbedder`` is a small, picklable description of a model (name, weights, device,
-precision). The torch module it describes is built once per process (:func:`_load_visual`) and
-reused by every partition and call; only the image tower is kept.
+:class:`CLIPModel` (also known as ``CLIPImageEmbedder``, the name the stage API uses) is a small,
+picklable description of a model: name, weights, and the device, precision and batch size asked
+for. The torch module it describes is built once per process (:func:`_load_model`) and reused by
+every partition and call. Device, precision and batch size left as ``None`` are decided where the
+model runs (:func:`~imgcurate.common.backend.model_runtime`), on the worker. Captions go through
+open_clip's own tokenizer for the model (its context length, truncating as open_clip does).
 
 OpenAI's CLIP weights were trained with QuickGELU. open_clip's plain ``ViT-L-14`` config uses
 GELU and only warns when given ``pretrained="openai"``, which shifts every embedding and makes
@@ -17,7 +20,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import open_clip
@@ -26,7 +29,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-from ..common.backend import torch_device
+from ..common.backend import Runtime, check_precision, model_runtime
 from ..common.errors import WeightsNotFoundError
 from . import tiny  # noqa: F401  (registers imgcurate's tiny test/demo config with open_clip)
 from .weights import MODEL_LOAD_LOCK, downloads_allowed, reachable, sha256_file
@@ -34,7 +37,8 @@ from .weights import MODEL_LOAD_LOCK, downloads_allowed, reachable, sha256_file
 log = logging.getLogger("imgcurate")
 QUICKGELU_SUFFIX = "-quickgelu"
 RANDOM = "random"  # pretrained="random": random weights, for tests and demonstrations
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
 
 
 @dataclass(frozen=True)
@@ -130,43 +134,50 @@ def weights_help(model_name: str, pretrained: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load_visual(resolved: ResolvedModel, device: str) -> torch.nn.Module:
-    """Build the image tower once per process (the text tower is never used)."""
+def _load_model(resolved: ResolvedModel, device: str) -> torch.nn.Module:
+    """Build the model once per process and device: both towers, in eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights (pretrained=None) must be the same model in every worker process
         model = open_clip.create_model(
             resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
         )
     # weights stay float32; lower precision comes from autocast, which keeps norms and softmax in float32
-    return model.visual.to(device=device).eval()
+    return model.to(device=device).eval()
 
 
-class CLIPImageEmbedder:
-    """L2-normalised float32 CLIP image embeddings.
+@lru_cache(maxsize=4)
+def _load_tokenizer(config_name: str):
+    return open_clip.get_tokenizer(config_name)
+
+
+class CLIPModel:
+    """L2-normalised float32 CLIP embeddings of images (:meth:`embed_pixels`) and of text (:meth:`embed_text`).
 
     ``pretrained``: an open_clip tag (downloaded to open_clip's cache when online), a local
     checkpoint file, or ``None`` / ``"random"`` for random weights (labelled as such in :meth:`describe`).
-    ``device=None`` picks CUDA when present. ``precision`` defaults to ``bf16`` on CUDA and
-    ``fp32`` on CPU; ``batch_size`` to 256 on CUDA and 32 on CPU.
+    ``device``, ``precision`` and ``batch_size`` left as ``None`` are chosen on the machine that runs
+    the model: CUDA with bf16 and batches of 256 when it has a GPU, else CPU with fp32 and batches of 32.
     """
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", device: str | None = None,
                  batch_size: int | None = None, precision: str | None = None, quick_gelu: bool | None = None):
         if pretrained == RANDOM:
             pretrained = None
+        check_precision(precision)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model_name = model_name
         self.pretrained = pretrained
         self.resolved = resolve_model(model_name, pretrained, quick_gelu)
-        self.device = torch_device(device)
-        on_gpu = self.device.startswith("cuda")
-        self.precision = precision or ("bf16" if on_gpu else "fp32")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        self.batch_size = batch_size or (256 if on_gpu else 32)
-        self.dim = int(open_clip.get_model_config(self.resolved.config_name)["embed_dim"])
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        config = open_clip.get_model_config(self.resolved.config_name)
+        self.dim = int(config["embed_dim"])
+        self.context_length = int(config.get("text_cfg", {}).get("context_length", 77))
         self.preprocess = preprocess_config(self.resolved)
         if pretrained is None:
-            log.warning("CLIPImageEmbedder(%s) has RANDOM weights: its embeddings mean nothing", model_name)
+            log.warning("%s(%s) has RANDOM weights: its embeddings mean nothing", type(self).__name__, model_name)
 
     # -- weights ------------------------------------------------------------------------
 
@@ -183,50 +194,88 @@ class CLIPImageEmbedder:
         if not downloads_allowed() or not source or not reachable(source):
             raise WeightsNotFoundError(weights_help(self.model_name, self.pretrained))
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes two models' embeddings comparable: the open_clip config, the weights and the activation."""
+        return {"open_clip_config": self.resolved.config_name, "pretrained": self.pretrained,
+                "quick_gelu": self.quick_gelu, "embedding_dim": self.dim}
+
+    @property
+    def quick_gelu(self) -> bool:
+        return self.resolved.force_quick_gelu or bool(open_clip.get_model_config(self.resolved.config_name).get("quick_gelu"))
+
     # -- the model ----------------------------------------------------------------------
 
-    def visual(self) -> torch.nn.Module:
-        with MODEL_LOAD_LOCK:
-            return _load_visual(self.resolved, self.device)
+    def runtime(self) -> Runtime:
+        """Device, precision and batch size on this machine (see the class docstring)."""
+        return model_runtime(self.device, self.precision, self.batch_size,
+                             gpu_batch_size=GPU_BATCH_SIZE, cpu_batch_size=CPU_BATCH_SIZE)
 
-    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC (on any device) → normalised float NCHW on the model's device."""
-        mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocess["std"], device=self.device).view(1, 3, 1, 1)
-        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    def model(self, device: str) -> torch.nn.Module:
+        with MODEL_LOAD_LOCK:
+            return _load_model(self.resolved, device)
+
+    def _autocast(self, runtime: Runtime):
+        return torch.autocast(torch.device(runtime.device).type, dtype=TORCH_DTYPES[runtime.precision],
+                              enabled=runtime.precision != "fp32")
+
+    def normalise(self, batch: torch.Tensor, device: str) -> torch.Tensor:
+        """uint8 NHWC (on any device) → normalised float NCHW on ``device``."""
+        mean = torch.tensor(self.preprocess["mean"], device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess["std"], device=device).view(1, 3, 1, 1)
+        x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         return (x - mean) / std
 
     def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """Embeddings for preprocessed uint8 images (n, size, size, 3): float32 (n, dim), unit length."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        visual = self.visual()
-        out = []
+        runtime = self.runtime()
+        visual = self.model(runtime.device).visual
         batch = torch.as_tensor(pixels)
-        device_type = torch.device(self.device).type
-        autocast = torch.autocast(device_type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32")
-        with torch.inference_mode(), autocast:
-            for start in range(0, len(batch), self.batch_size):
-                features = visual(self.normalise(batch[start : start + self.batch_size])).float()
+        out = []
+        with torch.inference_mode(), self._autocast(runtime):
+            for start in range(0, len(batch), runtime.batch_size):
+                features = visual(self.normalise(batch[start : start + runtime.batch_size], runtime.device)).float()
+                out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """open_clip's tokens for ``texts``: (n, context_length) int64, each cut to the model's context as open_clip cuts it."""
+        return _load_tokenizer(self.resolved.config_name)(list(texts), context_length=self.context_length)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` by the text tower: float32 (n, dim), unit length."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        runtime = self.runtime()
+        model = self.model(runtime.device)
+        out = []
+        with torch.inference_mode(), self._autocast(runtime):
+            for start in range(0, len(texts), runtime.batch_size):
+                tokens = self.tokenize(texts[start : start + runtime.batch_size]).to(runtime.device)
+                features = model.encode_text(tokens).float()
                 out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
         return np.concatenate(out)
 
     def describe(self) -> dict[str, Any]:
         weights = cached_weights(self.resolved)
         return {
-            "model": "CLIPImageEmbedder",
+            "model": type(self).__name__,
             "model_name": self.model_name,
-            "open_clip_config": self.resolved.config_name,
-            "pretrained": self.pretrained,
-            "quick_gelu": self.resolved.force_quick_gelu or bool(open_clip.get_model_config(self.resolved.config_name).get("quick_gelu")),
+            **self.identity,
             "random_weights": self.pretrained is None,
             "weights_sha256": sha256_file(weights) if weights else None,  # a checkpoint file, or a tag's cached file
-            "device": self.device,
-            "precision": self.precision,
-            "batch_size": self.batch_size,
-            "embedding_dim": self.dim,
+            # what was asked for; "auto" is decided on each worker (CUDA, bf16, 256 with a GPU; CPU, fp32, 32 without)
+            "device": self.device or "auto",
+            "precision": self.precision or "auto",
+            "batch_size": self.batch_size or "auto",
         }
 
     def __repr__(self) -> str:
-        return (f"CLIPImageEmbedder({self.model_name!r}, pretrained={self.pretrained!r}, device={self.device!r}, "
-                f"precision={self.precision!r})")
+        return (f"{type(self).__name__}({self.model_name!r}, pretrained={self.pretrained!r}, device={self.device or 'auto'!r}, "
+                f"precision={self.precision or 'auto'!r})")
+
+
+class CLIPImageEmbedder(CLIPModel):
+    """:class:`CLIPModel` under the name the stage API and the seed's code use for it."""

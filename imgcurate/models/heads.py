@@ -117,7 +117,7 @@ class _Head:
         self.path = None if self.random else str(resolve_weights(self.WEIGHTS, weights))
         if self.path is not None:
             read_weights(self.KIND, self.path)
-        self.device = torch_device(device)
+        self.device = device  # None: CUDA when the machine that scores has it (decided there)
         self.batch_size = batch_size
         if self.random:
             log.warning("%s uses RANDOM weights: its scores mean nothing", type(self).__name__)
@@ -129,9 +129,9 @@ class _Head:
                 f"{width}; embed with model ViT-L-14 (the model LAION's heads were trained on)"
             )
 
-    def module(self) -> nn.Module:
+    def module(self, device: str | None = None) -> nn.Module:
         with MODEL_LOAD_LOCK:
-            return _load_head(self.KIND, self.path, self.device)
+            return _load_head(self.KIND, self.path, device or torch_device(self.device))
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Scores (float32) for an (n, 768) array of L2-normalised ViT-L/14 embeddings."""
@@ -141,11 +141,12 @@ class _Head:
         self.check_width(embeddings.shape[1])
         if len(embeddings) == 0:
             return np.zeros(0, dtype=np.float32)
-        module = self.module()
+        device = torch_device(self.device)
+        module = self.module(device)
         out = []
         with torch.inference_mode():
             for start in range(0, len(embeddings), self.batch_size):
-                batch = torch.from_numpy(embeddings[start : start + self.batch_size]).to(self.device)
+                batch = torch.from_numpy(embeddings[start : start + self.batch_size]).to(device)
                 out.append(module(batch).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
@@ -155,11 +156,11 @@ class _Head:
             "weights": self.path or RANDOM,
             "weights_sha256": sha256_file(self.path) if self.path else None,
             "random_weights": self.random,
-            "device": self.device,
+            "device": self.device or "auto",
         }
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(weights={self.path or RANDOM!r}, device={self.device!r})"
+        return f"{type(self).__name__}(weights={self.path or RANDOM!r}, device={self.device or 'auto'!r})"
 
 
 class AestheticScorer(_Head):

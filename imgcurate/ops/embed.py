@@ -57,13 +57,14 @@ def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_erro
     n = len(table)
     todo = np.flatnonzero(in_play(table))
     prep = Preprocess.from_open_clip(embedder.preprocess)
-    chunk = max(1, embedder.batch_size * CHUNK_BATCHES)
+    runtime = embedder.runtime()  # decided here, on the worker
+    chunk = max(1, runtime.batch_size * CHUNK_BATCHES)
     embedded_rows: list[np.ndarray] = []
     vectors: list[np.ndarray] = []
     failures: dict[int, Failure] = {}
     for start in range(0, len(todo), chunk):
         readable = fetch_readable(table, todo[start : start + chunk].tolist(), failures, storage_options)
-        decoded = decode_for_device([data for _, data in readable], prep, embedder.device)
+        decoded = decode_for_device([data for _, data in readable], prep, runtime.device)
         good, pixels = [], []
         for (row, _), result in zip(readable, decoded):
             if isinstance(result, DecodeFailure):
