@@ -42,7 +42,7 @@ def model_only(config: Config, dataset: Dataset, device: str) -> Measure:
     batch = torch.from_numpy(pixels).to(device).repeat(repeat, 1, 1, 1)  # uint8 NHWC on the device
     count = len(batch)
     model = open_clip.create_model(MODEL, pretrained=None, device=device).eval()
-    normalised = embedder.normalise(batch)  # the peer gets its input ready-made: only encode_image is timed
+    normalised = embedder.normalise(batch, device)  # the peer gets its input ready-made: only encode_image is timed
 
     def peer() -> None:
         with torch.inference_mode(), autocast(device):

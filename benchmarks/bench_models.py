@@ -30,7 +30,7 @@ def preprocess_ours(images: list[bytes], embedder, batch_size: int) -> int:
     done = 0
     for start in range(0, len(images), batch_size):
         pixels = decode_batch(images[start : start + batch_size], prep)
-        done += len(embedder.normalise(torch.from_numpy(np.stack(pixels))))
+        done += len(embedder.normalise(torch.from_numpy(np.stack(pixels)), "cpu"))
     return done
 
 
@@ -116,17 +116,17 @@ def measure_curation(config: Config, dataset: Dataset, model_name: str, shards: 
         return samples / timed(lambda: curate_ours(urls, out, embedder, aesthetic, nsfw, config.images_per_tar))
 
     def peer() -> float:
-        return samples / timed(lambda: encode_open_clip(urls, model, transform, embedder.batch_size))
+        return samples / timed(lambda: encode_open_clip(urls, model, transform, embedder.runtime().batch_size))
 
     # the first call of each builds its model: not part of the throughput
     curate_ours(urls[:1], out, embedder, aesthetic, nsfw, config.images_per_tar)
-    encode_open_clip(urls[:1], model, transform, embedder.batch_size)
+    encode_open_clip(urls[:1], model, transform, embedder.runtime().batch_size)
     ours_runs, peer_runs = interleave(repeats, ours, peer)
     job = "curate" if heads else "embed"
     extra = "scores, filters and writes shards" if heads else "writes shards (no heads: they take ViT-L/14's 768-wide embeddings)"
     return compare(f"{job} end to end, {model_name} (random weights)", "img/s", ours_runs, peer_runs,
                    "webdataset + open_clip preprocess + encode_image loop", ">= 0.85", minimum=0.85,
-                   note=f"{samples} images, batch {embedder.batch_size}; ours also {extra}")
+                   note=f"{samples} images, batch {embedder.runtime().batch_size}; ours also {extra}")
 
 
 def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
@@ -140,7 +140,7 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
     images = first_images(dataset, count)
     embedder = CLIPImageEmbedder(PREPROCESS_MODEL, pretrained=None, device="cpu")  # only its preprocess is used
     transform = open_clip_transform(embedder.preprocess)
-    batch = embedder.batch_size
+    batch = embedder.runtime().batch_size
     preprocess_ours(images[:batch], embedder, batch)
     preprocess_open_clip(images[:batch], transform, batch)
     ours, peer = interleave(
