@@ -36,6 +36,9 @@ ERROR_DETAIL = "error_detail"
 IMAGE_OFFSET = "_image_offset"
 DROPPED_BY = "dropped_by"
 EMBEDDING = "embedding"
+EMBEDDING_MODEL = "embedding_model"  # CLIPModel.model_id of what made `embedding` (and `text_embedding`)
+TEXT_EMBEDDING = "text_embedding"
+CLIP_SCORE = "clip_score"
 AESTHETIC_SCORE = "aesthetic_score"
 NSFW_SCORE = "nsfw_score"
 

@@ -201,6 +201,20 @@ class CLIPModel:
                 "quick_gelu": self.quick_gelu, "embedding_dim": self.dim}
 
     @property
+    def model_id(self) -> str:
+        """One string naming what made an embedding, e.g. ``ViT-L-14-quickgelu/openai``: the open_clip config
+        (with ``-quickgelu`` where QuickGELU is forced) and the weights (a tag, a checkpoint's sha256, or ``random``).
+        Embeddings with the same id are comparable; the id travels with them (column ``embedding_model``)."""
+        config = self.resolved.config_name + (QUICKGELU_SUFFIX if self.resolved.force_quick_gelu else "")
+        if self.pretrained is None:
+            weights = RANDOM
+        elif self.resolved.is_file:
+            weights = "sha256:" + sha256_file(self.pretrained)
+        else:
+            weights = self.pretrained
+        return f"{config}/{weights}"
+
+    @property
     def quick_gelu(self) -> bool:
         return self.resolved.force_quick_gelu or bool(open_clip.get_model_config(self.resolved.config_name).get("quick_gelu"))
 
