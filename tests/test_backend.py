@@ -28,7 +28,7 @@ def test_pandas_frames_convert_to_arrow_as_from_pandas_converts_them():
 
 def test_arrow_tables_become_the_frames_to_pandas_makes():
     from imgcurate.common.backend import _pandas_type
-    from imgcurate.io.schema import JSON_TEXT
+    from imgcurate.io.jsontext import JSON_TEXT
 
     table = pa.table({
         "key": pa.chunked_array([["a", None], ["c"]], pa.string()),  # two chunks, as a concatenated column has

@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgcurate.io import ranges, tarindex
@@ -114,35 +114,6 @@ def test_a_file_shorter_than_the_size_given_is_not_plain(tmp_path):
     path.write_bytes(data[:1536 + 300])  # ends inside the caption's header
     with open(path, "rb") as f:
         assert tarindex._fastio.scan_file(f.fileno(), len(data)) is None
-
-
-# mostly plain names (dots and slashes placed anywhere), now and then one with a character or a
-# NUL that makes it not plain
-name_text = st.one_of(
-    st.text(st.sampled_from(list("aZ9_.../")), min_size=1, max_size=12),
-    st.text(st.sampled_from(list("aZ9_-+.,=@%~/ é\0")), min_size=0, max_size=14),
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.lists(name_text, min_size=1, max_size=6))
-@example(["a/../b.jpg"]).via("a .. component")
-@example(["../a.jpg", "./b.jpg"]).via("a parent or current directory")
-@example(["a/..b.JPG", "..c.Txt", "d/.e.f", "g.", "h/i"]).via("dots and slashes that are plain or need the regex")
-def test_the_compiled_name_split_agrees_with_numpy(names):
-    """Where C splits the names, numpy splits them the same way; where C hands them on, they are
-    either not plain or need the regular expression."""
-    fields = np.zeros((len(names), 100), dtype=np.uint8)
-    for i, name in enumerate(names):
-        encoded = name.encode()[:100]
-        fields[i, : len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
-    numpy_split = tarindex._keys_and_extensions(fields)
-    compiled = tarindex._fastio.split_names(fields)
-    if compiled is None:
-        return
-    assert numpy_split is not None
-    keys, exts = tarindex.split_names(fields)
-    assert keys.to_pylist() == numpy_split[0].to_pylist() and exts.to_pylist() == numpy_split[1].to_pylist()
 
 
 def test_the_compiled_name_split_takes_the_usual_names():

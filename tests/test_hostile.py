@@ -32,9 +32,11 @@ import webdataset as wds
 
 from imgcurate.app.cli import main
 from imgcurate.common.errors import Failure
-from imgcurate.io.samples import iter_samples, normalize_member_name
+from imgcurate.io.rules import normalize_member_name
+from imgcurate.io.samples import iter_samples
 from imgcurate.io.tar import TarFormatError, iter_tar
 from imgcurate.io.outputdir import MARKER, TMP_DIR
+from imgcurate.io.reader import read_webdataset
 from imgcurate.ops.decode import DecodeFailure, Preprocess, decode_image, validate_image
 
 from conftest import png_bytes, write_tar
@@ -537,3 +539,19 @@ def test_a_failed_run_leaves_the_earlier_output_as_it_was(corpus, tmp_path):
     before = snapshot(tmp_path, outside_of=tmp_path / "nowhere")
     assert main(["reshard", str(corpus.directory), "-o", str(out), "--overwrite", "--strict", *THREADS]) == 2
     assert snapshot(tmp_path, outside_of=tmp_path / "nowhere") == before  # no marker, no staging, shards intact
+
+
+def test_absolute_names_in_an_otherwise_plain_shard_are_rejected(tmp_path):
+    """A shard of regular files with ASCII names, some of them absolute: the fast path must not take
+    it as plain (it once did, and kept key "/a"); the absolute members are unsafe_member_name."""
+    shard = write_tar(tmp_path / "00000.tar", [("/a.jpg", b"x"), ("/a.txt", b"cap"), ("b.jpg", b"y"), ("b.txt", b"ok")])
+    df = read_webdataset(str(shard), with_images=False).compute()
+    assert df.key.dropna().tolist() == ["b"]
+    assert sorted(df.error_member.dropna()) == ["/a.jpg", "/a.txt"] and set(df.error.dropna()) == {"unsafe_member_name"}
+
+
+def test_a_gz_member_that_is_not_gzip_is_reported_not_raised(tmp_path):
+    shard = write_tar(tmp_path / "00000.tar", [("k.jpg", b"x"), ("k.txt.gz", b"\0\0 not gzip")])
+    df = read_webdataset(str(shard)).compute()
+    assert df.error.dropna().tolist() == ["invalid_gzip"] and df.error_member.dropna().tolist() == ["k.txt.gz"]
+    assert df.key.dropna().tolist() == ["k", "k"]  # the sample, and its rejected member's row

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 from pathlib import Path
 
@@ -19,9 +18,10 @@ from hypothesis import strategies as st
 
 from conftest import build_photo_dataset, write_tar
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
-from imgcurate.io.schema import parse_json, shard_table
+from imgcurate.io.jsontext import parse_json
+from imgcurate.io.schema import shard_table
 from imgcurate.io import ranges, tarindex
-from imgcurate.io.tarindex import _KEY_EXT, _keys_and_extensions, _octal_fields, index_plain_tar
+from imgcurate.io.tarindex import _octal_fields, index_plain_tar
 
 @pytest.fixture(params=["compiled", "python"], autouse=True)
 def scanner(request, monkeypatch):
@@ -307,20 +307,3 @@ def test_octal_fields_read_every_row_or_refuse_the_shard(fields):
         assert got is None
     else:
         assert got is not None and got.tolist() == expected
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.text("aB./", min_size=1, max_size=12), min_size=1, max_size=8))
-def test_names_split_like_the_rule_they_follow(names):
-    headers = np.zeros((len(names), 512), dtype=np.uint8)
-    for i, name in enumerate(names):
-        headers[i, : len(name)] = np.frombuffer(name.encode(), dtype=np.uint8)
-    got = _keys_and_extensions(headers)
-    matches = [re.match(_KEY_EXT, name) for name in names]
-    if any(name.startswith("./") or re.search(r"(^|/)[.][.](/|$)", name) for name in names) or None in matches:
-        assert got is None
-    else:
-        assert got is not None
-        assert got[0].to_pylist() == [m["key"] for m in matches]
-        assert got[1].to_pylist() == [m["ext"].lower() for m in matches]
-

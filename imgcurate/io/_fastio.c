@@ -10,8 +10,9 @@
  * them is a miss (on a mapped file, a page fault): without the GIL the other threads go on.
  *
  * split_names(names), for tarindex.py: keys and lower-case extensions of the 100-byte name fields,
- * when every name is plain and splits at the first dot of its last component; None hands the
- * names to the numpy path, which also knows the regular expression for the other cases.
+ * when every name is plain (rules.is_plain_name) and splits at the first dot of its last component,
+ * which is what rules.split_key does to such names; None hands the names to the rules themselves
+ * (tarindex._split_by_rules). tests/test_rules.py holds the two to the same answers.
  *
  * scan_file(fd, size) walks a file the same way, reading it a few KiB at a time (a header, the
  * small members after it and the next header come in one read), so nothing needs to be mapped.
@@ -217,10 +218,9 @@ static PyObject *scan_file(PyObject *module, PyObject *args)
 }
 
 /* Splits each name at the first dot of its last path component: keys and lower-case extensions,
- * as Arrow string arrays' offsets and data. None unless every name is plain and splits there:
- * not empty, only [A-Za-z0-9_+./,=@%~-], no "./" prefix, no ".." component, a last component
- * with a dot that is not its first character. Python's numpy path then decides (it owns the
- * regular expression for the rest). */
+ * as Arrow string arrays' offsets and data. None unless every name is plain (rules.is_plain_name:
+ * not empty, only [A-Za-z0-9_+./,=@%~-], not absolute, no "./" prefix, no ".." component) and has a last
+ * component with a dot that is not its first character; rules.split_key then decides. */
 static int name_char(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("_-+./,=@%~", c));
@@ -252,7 +252,7 @@ static PyObject *split_names(PyObject *module, PyObject *buffer)
         int length = 0, last_part = 0, first_dot = -1;
         while (length < NAME && name[length])
             length++;
-        if (length == 0 || (length >= 2 && name[0] == '.' && name[1] == '/')) {
+        if (length == 0 || name[0] == '/' || (length >= 2 && name[0] == '.' && name[1] == '/')) {
             plain = 0;
             break;
         }

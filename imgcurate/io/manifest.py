@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
+from .._version import __version__
 from ..common.errors import MEMBER_REASONS, SAMPLE_REASONS, SHARD_REASONS
 from .assemble import write_parquet
 from .jsontext import json_default
@@ -110,6 +112,25 @@ def shard_list(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def listed_renames(kept: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The key renames of the kept shards, at most :data:`MAX_LISTED_RENAMES` (the counts have them all)."""
     return [r for result in kept for r in result["renames"]][:MAX_LISTED_RENAMES]
+
+
+def manifest(output_url: str, replacing: str, inputs: list[str], parameters: dict[str, Any], extra: dict[str, Any],
+             counts: dict[str, Any], kept: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``_manifest.json`` document, its ``elapsed_seconds`` left for the caller to fill in last."""
+    return {
+        "imgcurate_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_seconds": None,
+        "output_dir": output_url,
+        "replaced": replacing or None,
+        "inputs": inputs,
+        "parameters": parameters,
+        **extra,
+        "counts": counts,
+        "renamed_keys": listed_renames(kept),
+        "shards": shard_list(kept),
+        "versions": dict(package_versions()),
+    }
 
 
 def write_manifest(fs, root: str, manifest: dict[str, Any]) -> None:

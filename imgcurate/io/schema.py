@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 
 from ..common import columns as C
 from ..common.errors import Failure
+from .jsontext import JSON_TEXT, json_default, parse_json
 from .samples import Sample
 from .tarindex import PlainShard
 
-JSON_TEXT = pa.json_()
 
 
 @dataclass(frozen=True)
@@ -95,19 +95,6 @@ class _Rows:
 
 
 _JSON_DECODER = msgspec.json.Decoder()
-
-
-def parse_json(data: bytes) -> Any:
-    """``json.loads(data)``, about seven times faster on the usual documents.
-
-    msgspec gives the same values as the standard library for what it accepts; what it refuses
-    and the standard library takes (``NaN``, ``1e400``, lone surrogates, a byte-order mark) goes
-    to ``json.loads``, so every document parses exactly as before.
-    """
-    try:
-        return _JSON_DECODER.decode(data)
-    except msgspec.DecodeError:
-        return json.loads(data)
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
@@ -362,7 +349,7 @@ _EXACT_KINDS = {  # Python types whose values _fits accepts in these columns wit
 def _typed_column(values: list[Any], typ: pa.DataType, rows: _Rows, name: str) -> pa.Array:
     """Values as an array of ``typ``; values that do not fit go to the row's extras."""
     if typ == JSON_TEXT:
-        text = [None if v is None else json.dumps(v, ensure_ascii=False, default=_json_default) for v in values]
+        text = [None if v is None else json.dumps(v, ensure_ascii=False, default=json_default) for v in values]
         return pa.array(text, pa.string()).cast(JSON_TEXT)
     # the common case: every value already of the column's own Python type (Arrow still refuses overflows)
     kinds = set(map(type, values))
@@ -382,15 +369,6 @@ def _typed_column(values: list[Any], typ: pa.DataType, rows: _Rows, name: str) -
     return pa.array(fitted, type=typ)
 
 
-def _json_default(value: Any) -> Any:
-    """JSON form of sidecar values that JSON has no type for (bytes, timestamps)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
 def shard_table(
     samples: Iterable[Sample] | PlainShard,
     failures: list[Failure],
@@ -403,67 +381,83 @@ def shard_table(
     """Build the partition table of one shard (``failures`` gets the member failures found).
 
     ``samples`` are the shard's samples from the scanner, or the columns of a plain shard
-    (:mod:`~imgcurate.io.tarindex`); both give the same table.
-
-    With ``layout=None`` the layout is inferred from this shard and returned.
+    (:mod:`~imgcurate.io.tarindex`); both give the same table. With ``layout=None`` the layout is
+    inferred from this shard and returned. The steps: decode the members into rows, join the
+    sidecar, infer (or take) the layout, conform the values to it, build the Arrow table.
     """
+    rows = _decode_rows(samples, shard, failures)
+    reserved = set(C.READER_COLUMNS)
+    json_values = _json_columns(rows, reserved)
+    sidecar_values = _sidecar_columns(rows, sidecar)
+    if layout is None:
+        layout = infer_layout(rows, json_values, sidecar, sidecar_values, with_images)
+    arrays = _conform(rows, json_values, sidecar_values, layout, reserved)
+    return _table(rows, arrays, layout, failures, shard), layout
+
+
+def _decode_rows(samples: Iterable[Sample] | PlainShard, shard: str, failures: list[Failure]) -> _Rows:
     rows = _Rows()
     if isinstance(samples, PlainShard):
         _decode_plain(samples, rows, shard, failures)
     else:
         for sample in samples:
             _decode_sample(sample, rows, shard, failures)
-    n = len(rows)
-    reserved = set(C.READER_COLUMNS)
+    return rows
 
-    json_values = _json_columns(rows, reserved)
 
-    # components beyond image/txt/json/cls
-    seen_components: list[str] = []
-    for others in rows.components.values():
-        for ext in others:
-            if ext not in seen_components:
-                seen_components.append(ext)
-
-    # sidecar columns joined on key
-    sidecar_values: dict[str, list[Any]] = {}
-    if sidecar is not None:
-        rows.as_lists()
-        sidecar_rows = {k: j for j, k in reversed(list(enumerate(sidecar.column(C.KEY).to_pylist())))}
-        lookup = [sidecar_rows.get(k) for k in rows.key]
-        for name in sidecar.column_names:
-            if name == C.KEY:
-                continue
+def _sidecar_columns(rows: _Rows, sidecar: pa.Table | None) -> dict[str, list[Any]]:
+    """Each sidecar column's values for the rows, joined on key (the first sidecar row of a key wins)."""
+    if sidecar is None:
+        return {}
+    rows.as_lists()
+    sidecar_rows = {k: j for j, k in reversed(list(enumerate(sidecar.column(C.KEY).to_pylist())))}
+    lookup = [sidecar_rows.get(k) for k in rows.key]
+    values: dict[str, list[Any]] = {}
+    for name in sidecar.column_names:
+        if name != C.KEY:
             column = sidecar.column(name).to_pylist()
-            sidecar_values[name] = [None if j is None else column[j] for j in lookup]
+            values[name] = [None if j is None else column[j] for j in lookup]
+    return values
 
-    if layout is None:
-        components = tuple(
-            ext for ext in seen_components
-            if ext not in reserved and ext not in json_values and ext not in sidecar_values
-        )
-        layout = Layout(
-            json_fields=tuple((name, _infer_type(values)) for name, values in json_values.items() if name not in components),
-            sidecar_fields=tuple(
-                (name, sidecar.schema.field(name).type)
-                for name in sidecar_values
-                if name not in reserved and name not in json_values and name not in components
-            ),
-            components=components,
-            with_images=with_images,
-        )
 
+def infer_layout(rows: _Rows, json_values: dict[str, list[Any]], sidecar: pa.Table | None,
+                 sidecar_values: dict[str, list[Any]], with_images: bool) -> Layout:
+    """The layout of one shard: its JSON fields (types inferred from the values), its sidecar's
+    columns (their Parquet types) and its other components, none named like a reader column."""
+    reserved = set(C.READER_COLUMNS)
+    seen_components = list(dict.fromkeys(ext for others in rows.components.values() for ext in others))
+    components = tuple(ext for ext in seen_components
+                       if ext not in reserved and ext not in json_values and ext not in sidecar_values)
+    return Layout(
+        json_fields=tuple((name, _infer_type(values)) for name, values in json_values.items() if name not in components),
+        sidecar_fields=tuple(
+            (name, sidecar.schema.field(name).type)
+            for name in sidecar_values
+            if name not in reserved and name not in json_values and name not in components
+        ),
+        components=components,
+        with_images=with_images,
+    )
+
+
+def _conform(rows: _Rows, json_values: dict[str, list[Any]], sidecar_values: dict[str, list[Any]], layout: Layout,
+             reserved: set[str]) -> dict[str, pa.Array]:
+    """The layout's JSON and sidecar fields as typed arrays; what does not fit goes to the rows' extras.
+
+    The same field in ``.json`` and sidecar: ``.json`` wins, the sidecar fills its gaps. Whatever the
+    layout lacks is kept: ``.json`` values in ``extra_json`` (the tar member would otherwise be lost
+    on rewrite); sidecar copies of reader columns only fill gaps (the sidecar file itself stays).
+    """
+    n = len(rows)
+    json_values, sidecar_values = dict(json_values), dict(sidecar_values)
     arrays: dict[str, pa.Array] = {}
     for name, typ in layout.json_fields:
         values = json_values.pop(name, [None] * n)
-        if name in sidecar_values:  # the same field in .json and sidecar: .json wins, sidecar fills gaps
+        if name in sidecar_values:
             values = [s if v is None else v for v, s in zip(values, sidecar_values.pop(name))]
         arrays[name] = _typed_column(values, typ, rows, name)
     for name, typ in layout.sidecar_fields:
         arrays[name] = _typed_column(sidecar_values.pop(name, [None] * n), typ, rows, name)
-    # whatever is left did not fit the layout: .json values are kept aside (the tar member would
-    # otherwise be lost on rewrite); sidecar copies of reader columns only fill gaps, the sidecar
-    # file itself stays where it is
     for name, values in json_values.items():
         for i, value in enumerate(values):
             if value is not None:
@@ -476,9 +470,14 @@ def shard_table(
                 _fill_gap(rows, i, name, value)
             else:
                 rows.extra[i].setdefault(name, value)
+    return arrays
 
+
+def _split_components(rows: _Rows, layout: Layout) -> tuple[dict[str, list[Any]], list[list[tuple[str, bytes]] | None]]:
+    """The layout's component columns, and each row's other components (for ``extra_members``)."""
+    n = len(rows)
     extra_members: list[list[tuple[str, bytes]] | None] = [None] * n
-    component_values = {ext: [None] * n for ext in layout.components}
+    component_values: dict[str, list[Any]] = {ext: [None] * n for ext in layout.components}
     for i, others in rows.components.items():
         leftovers = []
         for ext, data in others.items():
@@ -487,12 +486,17 @@ def shard_table(
             else:
                 leftovers.append((ext, data))
         extra_members[i] = leftovers or None
+    return component_values, extra_members
+
+
+def _table(rows: _Rows, arrays: dict[str, pa.Array], layout: Layout, failures: list[Failure], shard: str) -> pa.Table:
+    """The partition table: one row per sample, then one failure row per failure, in the layout's schema."""
+    n, n_fail = len(rows), len(failures)
+    component_values, extra_members = _split_components(rows, layout)
     extra_json: list[str | None] = [None] * n
     for i, extra in rows.extra.items():
         if extra:
-            extra_json[i] = json.dumps(extra, ensure_ascii=False, default=_json_default)
-
-    n_fail = len(failures)
+            extra_json[i] = json.dumps(extra, ensure_ascii=False, default=json_default)
     pad = [None] * n_fail
     table_columns: dict[str, pa.Array | list] = {
         C.KEY: _extend(rows.key, [f.key for f in failures]),
@@ -513,12 +517,11 @@ def shard_table(
         C.IMAGE_OFFSET: _pad(rows.image_offset, n_fail),
     }
     schema = layout.arrow_schema()
-    table = pa.Table.from_arrays(
+    return pa.Table.from_arrays(
         [pa.array(table_columns[f.name], type=f.type) if isinstance(table_columns[f.name], list) else table_columns[f.name]
          for f in schema],
         schema=schema,
     )
-    return table, layout
 
 
 def merge_layouts(layouts: list[Layout]) -> Layout:

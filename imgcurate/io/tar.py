@@ -344,9 +344,13 @@ def is_compressed_shard(url: str) -> bool:
 
 
 def gunzip_limited(data: bytes, limit: int) -> bytes:
-    """Decompress a ``.gz`` member, refusing output over ``limit`` bytes (gzip bombs)."""
+    """Decompress a ``.gz`` member, refusing output over ``limit`` bytes (gzip bombs); ValueError
+    when the data is not a complete gzip stream."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = inflater.decompress(data, limit + 1)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:  # not gzip data at all, or corrupt
+        raise ValueError(str(exc)) from None
     if len(out) > limit:
         raise ValueError(f"decompresses to more than {limit} bytes")
     if not inflater.eof:

@@ -5,9 +5,9 @@ another by ``tarfile``, webdataset's ``TarWriter`` or imgcurate itself. For thos
 are found by following each member's size to the next header, touching no member data, and
 checked (magic, checksum, type, size): in C without the GIL (``_fastio.c``), reading a file a few
 KiB at a time, when imgcurate was built with it; else by a Python loop over the mapped file and
-numpy, with the same answers. Names are split into keys and extensions (in C too, where built;
-numpy decides the names that need the rule's regular expression), and members are grouped into
-samples by comparing keys as Arrow arrays, without an object per member. Only the small
+numpy, with the same answers. Names are split into keys and extensions by the rules of
+:mod:`~imgcurate.io.rules` (in C too, where built), and members are grouped into samples by
+comparing keys as Arrow arrays, without an object per member. Only the small
 members' bytes are read; images are located, and loaded by the caller's reader when wanted.
 
 :func:`index_plain_file` and :func:`index_plain_tar` return ``None`` for anything that is not
@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .ranges import read_ranges
-from .samples import IMAGE_EXTENSIONS, MAX_BINARY_BYTES, MAX_MEMBER_BYTES
+from .rules import IMAGE_EXTENSIONS, is_plain_name, split_key
+from .samples import MAX_BINARY_BYTES, MAX_MEMBER_BYTES
 from .tar import BLOCK, ZERO_BLOCK
 
 try:
@@ -41,18 +42,12 @@ except ImportError:  # installed without a C compiler: the same checks run in Py
     _fastio = None
 
 NAME_FIELD = 100  # bytes of a header's name field
-_KEY_EXT = r"^(?P<key>(?:.*/|)[^.]+)[.](?P<ext>[^/]*)$"  # samples.py's rule, with the groups named for Arrow
 _REGULAR = np.array([ord("0"), 0, ord("7")], dtype=np.uint8)  # the type flags tar.py reads as regular files
 _POSIX_MAGIC = np.frombuffer(b"ustar\x0000", dtype=np.uint8)
 _USTAR = np.frombuffer(b"ustar", dtype=np.uint8)  # POSIX ("ustar\\x0000") and GNU ("ustar  \\x00") headers
 # a header's size field as bytes, in one call (a memoryview slice, then tobytes, made the walk ~17 %
 # slower: 920 against 770 µs for an 800-sample shard)
 _SIZE_FIELD = struct.Struct("12s").unpack_from
-_NAME_CHARS = np.zeros(256, dtype=bool)  # names made only of these need no normalisation
-for _chars in (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0123456789", b"_-+./,=@%~"):
-    _NAME_CHARS[np.frombuffer(_chars, dtype=np.uint8)] = True
-
-
 @dataclass
 class PlainShard:
     """The samples of a plain shard, as columns.
@@ -125,60 +120,37 @@ def _walk_headers(buffer) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(starts, dtype=np.int64), np.array(sizes, dtype=np.int64)
 
 
-def _strings(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """An Arrow string array of ``data`` cut into pieces of ``lengths`` bytes."""
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.Array.from_buffers(pa.string(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
 def split_names(names: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
-    """Each member's key and lower-case extension, when every name is plain: split in C when the
+    """Each member's key and lower-case extension (Arrow string arrays), when every name (a row of
+    ``names``, the headers' 100-byte name fields, NUL-padded) is plain; else None.
+
+    The rules are those of :mod:`~imgcurate.io.rules`: applied in C (``_fastio.split_names``) when the
     extension was built and every name splits at the first dot of its last component (the usual
-    case), else by :func:`_keys_and_extensions`, which also knows the other cases."""
+    case), otherwise name by name by the rules' own functions.
+    """
     if _fastio is not None:
         found = _fastio.split_names(np.ascontiguousarray(names))
         if found is not None:
             key_offsets, keys, ext_offsets, exts = found
             return tuple(pa.Array.from_buffers(pa.string(), len(names), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
                          for offsets, data in ((key_offsets, keys), (ext_offsets, exts)))
-    return _keys_and_extensions(names)
+    return _split_by_rules(names)
 
 
-def _keys_and_extensions(names: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
-    """Each member's key and lower-case extension, when every name (a row of ``names``, the
-    headers' 100-byte name fields, NUL-padded) is plain.
-
-    A name splits at the first dot of its last path component (samples.py's rule), found on
-    all names at once. Where some last component has no dot, or starts with one, the rule's
-    regular expression decides.
-    """
-    raw = names[:, :NAME_FIELD]
-    is_nul = raw == 0
-    lengths = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), NAME_FIELD)
-    if np.any(lengths == 0):
-        return None
-    text = raw[np.arange(NAME_FIELD) < lengths[:, None]]  # every name, one after another
-    if not np.all(_NAME_CHARS[text]) or np.any((raw[:, 0] == ord(".")) & (raw[:, 1] == ord("/"))):
-        return None
-    if np.any((text[:-1] == ord(".")) & (text[1:] == ord("."))):  # a ".." component is not plain; "a..b" is
-        if pc.any(pc.match_substring_regex(_strings(text, lengths), r"(^|/)\.\.(/|$)")).as_py():
+def _split_by_rules(names: np.ndarray) -> tuple[pa.Array, pa.Array] | None:
+    keys, exts = [], []
+    for field in names[:, :NAME_FIELD]:
+        raw = field.tobytes().split(b"\0", 1)[0]
+        try:
+            name = raw.decode("ascii")
+        except UnicodeDecodeError:
             return None
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    position = np.arange(len(text))
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    last_part = np.maximum(np.maximum.reduceat(np.where(text == ord("/"), position, -1), starts) + 1, starts)
-    first_dot = np.minimum.reduceat(np.where((text == ord(".")) & (position >= last_part[row]), position, len(text)), starts)
-    if np.any(first_dot >= ends) or np.any(first_dot == last_part):
-        parts = pc.extract_regex(_strings(text, lengths), _KEY_EXT)
-        if parts.null_count:  # a name without an extension: the scanner reports it
+        parts = split_key(name) if is_plain_name(name) else None
+        if parts is None:  # not plain, or no extension: the scanner reports it
             return None
-        return parts.field("key"), pc.utf8_lower(parts.field("ext"))
-    keys = _strings(text[position < first_dot[row]], first_dot - starts)
-    ext = text[position > first_dot[row]]
-    ext = np.where((ext >= ord("A")) & (ext <= ord("Z")), ext | 0x20, ext)  # names are ASCII (checked above)
-    return keys, _strings(ext, ends - first_dot - 1)
+        keys.append(parts[0])
+        exts.append(parts[1])
+    return pa.array(keys, pa.string()), pa.array(exts, pa.string())
 
 
 def _scan_headers_python(buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import dask
@@ -163,20 +162,9 @@ def write_webdataset(
             describe.write_summary(fs, directory, sorted((r for r in results if r["stream"] == stream), key=lambda r: r["number"]))
 
         counts = describe.count_samples(stats, results)
-        manifest = {
-            "imgcurate_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "elapsed_seconds": None,
-            "output_dir": options.output_url,
-            "replaced": replacing or None,
-            "inputs": inputs,
-            "parameters": {"images_per_tar": images_per_tar, "remove_image_data": remove_image_data, "keep_dropped": keep_dropped},
-            **((manifest_extra(counts) if callable(manifest_extra) else manifest_extra) or {}),
-            "counts": counts,
-            "renamed_keys": describe.listed_renames(kept),
-            "shards": describe.shard_list(kept),
-            "versions": dict(describe.package_versions()),
-        }
+        parameters = {"images_per_tar": images_per_tar, "remove_image_data": remove_image_data, "keep_dropped": keep_dropped}
+        extra = (manifest_extra(counts) if callable(manifest_extra) else manifest_extra) or {}
+        manifest = describe.manifest(options.output_url, replacing, inputs, parameters, extra, counts, kept)
         remove_staging(fs, root)
         manifest["elapsed_seconds"] = round(time.time() - started, 3)
         describe.write_manifest(fs, root, manifest)
