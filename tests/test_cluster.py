@@ -251,7 +251,7 @@ def test_default_cluster_is_one_single_threaded_process_per_core(caplog):
 
     if cuda_available():
         pytest.skip("with a GPU the default is a LocalCUDACluster (tests/test_gpu.py)")
-    with caplog.at_level(logging.INFO, logger="imgcurate"), dask_client() as client:
+    with caplog.at_level(logging.INFO, logger="imgcurate"), dask_client("local") as client:
         cluster = client.cluster
         workers = client.scheduler_info()["workers"].values()
         pids = client.run(os.getpid)

@@ -48,7 +48,7 @@ def test_default_cluster_is_one_worker_per_gpu():
 
     from imgcurate.common.cluster import dask_client
 
-    with dask_client() as client:
+    with dask_client("local") as client:
         assert type(client.cluster).__name__ == "LocalCUDACluster"
         workers = client.scheduler_info()["workers"]
         assert len(workers) == torch.cuda.device_count()
@@ -148,7 +148,7 @@ def test_curate_with_the_cudf_backend_matches_pandas(tmp_path, photo_dataset):
         write_webdataset(curated("pandas", threshold), tmp_path / "with-pandas", images_per_tar=7, keep_dropped=True)
     on_cudf = curated("cudf", threshold)
     assert type(on_cudf._meta).__module__.startswith("cudf")
-    with dask_client() as client:  # the default cluster: one worker per GPU
+    with dask_client("local") as client:  # a local cluster: one worker per GPU
         result = write_webdataset(on_cudf, tmp_path / "with-cudf", images_per_tar=7, keep_dropped=True, client=client)
 
     assert 0 < result.samples < len(samples)

@@ -23,7 +23,7 @@ from conftest import write_tar
 
 def test_one_partition_per_shard_in_order_with_all_columns(photo_dataset):
     directory, samples = photo_dataset
-    df = read_webdataset(directory)
+    df = read_webdataset(directory, with_images=True)
     assert df.npartitions == 3
     frame = df.compute()
     assert frame.key.tolist() == [s["key"] for s in samples]
@@ -129,14 +129,14 @@ def test_without_images_no_bytes_are_loaded(photo_dataset):
 
 
 def test_shared_testdata_compressed_shards_directories_and_gz_members(wds_testdata):
-    frame = read_webdataset(wds_testdata / "sample.tgz").compute()
+    frame = read_webdataset(wds_testdata / "sample.tgz", with_images=True).compute()
     expected = list(wds.WebDataset(str(wds_testdata / "sample.tgz"), shardshuffle=False))
     assert frame.key.tolist() == [s["__key__"] for s in expected]
     assert [bytes(b) for b in frame.image] == [s["png"] for s in expected]
     assert frame.cls.tolist() == [int(s["cls"]) for s in expected]
     assert frame.error.isna().all()
 
-    frame = read_webdataset(wds_testdata / "compressed.tar").compute()
+    frame = read_webdataset(wds_testdata / "compressed.tar", with_images=True).compute()
     # the directory member is ignored; .txt.gz members are inflated into captions
     assert frame.key.tolist() == ["compressed/0001", "compressed/0002", "compressed/0003"]
     assert frame.caption.tolist() == ["hello\n", "world\n", "gzip\n"]
@@ -152,7 +152,7 @@ def test_webdataset_grouping_rules(tmp_path):
         ("d.png", b"D"), ("d.jpg", b"DJ"),  # two images: the first is the image, the second a component
     ]
     write_tar(tmp_path / "x.tar", members)
-    frame = read_webdataset(tmp_path / "x.tar").compute()
+    frame = read_webdataset(tmp_path / "x.tar", with_images=True).compute()
     assert frame.key.tolist() == ["a", "dir/b", "a", "c", "c", "d"]
     assert [bytes(b) for b in frame.image] == [b"A", b"B", b"A2", b"C1", b"C2", b"D"]
     assert frame.caption.tolist()[0] == "cap a"  # extensions are lower-cased
@@ -231,7 +231,7 @@ def test_first_shard_is_read_once(photo_dataset, shard_reads, monkeypatch, with_
 
 def test_first_shard_changed_after_the_layout_pass_is_read_again(tmp_path):
     shard = write_tar(tmp_path / "0.tar", [("a.jpg", b"A" * 600), ("a.txt", b"one"), ("b.jpg", b"B" * 900), ("b.txt", b"two")])
-    frame = read_webdataset(shard)
+    frame = read_webdataset(shard, with_images=True)
     os.truncate(shard, 512 * 6 + 400)  # in the middle of b.jpg: its range can no longer be read
     changed = frame.compute()
     assert changed.key.tolist() == ["a", "b"] and changed.error.tolist()[-1] == "truncated_member"
@@ -241,7 +241,7 @@ def test_first_shard_changed_after_the_layout_pass_is_read_again(tmp_path):
 def test_shard_cut_between_its_header_walk_and_its_image_read_is_read_again(tmp_path, monkeypatch):
     shards = [write_tar(tmp_path / f"{i}.tar", [("a.jpg", b"A" * 600), ("a.txt", b"one"), ("b.jpg", b"B" * 900),
                                                  ("b.txt", b"two")]) for i in range(2)]
-    frame = read_webdataset(tmp_path)  # the layout pass reads 0.tar; 1.tar is read by its partition
+    frame = read_webdataset(tmp_path, with_images=True)  # the layout pass reads 0.tar; 1.tar is read by its partition
     read_ranges = reader.read_ranges
 
     def cut_first(fd, *ranges):  # the file shrinks after the headers were walked, before the images are read
@@ -263,13 +263,13 @@ def test_first_partition_from_the_layout_pass_matches_a_read_of_the_shard_wherev
     shard = tmp_path / "0.tar"
     for cut in range(0, len(whole) + 1, 61):  # inside headers, images, small members, paddings
         shard.write_bytes(whole[:cut])
-        pd.testing.assert_frame_equal(read_webdataset(shard).compute(), read_alone(shard), obj=f"cut at {cut}")
+        pd.testing.assert_frame_equal(read_webdataset(shard, with_images=True).compute(), read_alone(shard), obj=f"cut at {cut}")
 
 
 def test_first_shard_with_images_too_large_to_load_is_read_again(photo_dataset, shard_reads, monkeypatch):
     directory, _ = photo_dataset
     monkeypatch.setattr(reader, "MAX_MEMBER_BYTES", 1000)  # the photos are larger: their ranges are not fetched
-    first = read_webdataset(directory).get_partition(0).compute()
+    first = read_webdataset(directory, with_images=True).get_partition(0).compute()
     shard = str(directory / "00000.tar")
     assert shard_reads == [shard, shard]  # the layout pass, then the partition's own read
     monkeypatch.undo()
@@ -309,7 +309,7 @@ def test_dask_string_conversion_leaves_bytes_alone(photo_dataset):
 
     directory, samples = photo_dataset
     with dask.config.set({"dataframe.convert-string": True}):
-        frame = read_webdataset(directory).compute()
+        frame = read_webdataset(directory, with_images=True).compute()
     assert bytes(frame.image.iloc[0]) == samples[0]["image"]
     assert str(frame.dtypes["image"]) == "binary[pyarrow]"
 

@@ -57,7 +57,7 @@ def test_read_and_reshard_on_s3(s3, photo_dataset, tmp_path):
     assert [s["__key__"] for s in back] == [s["key"] for s in samples[7:14]]
 
     # reading the S3 output with images gives the original bytes
-    frame = read_webdataset("s3://data/out", storage_options=s3).compute()
+    frame = read_webdataset("s3://data/out", storage_options=s3, with_images=True).compute()
     assert [bytes(b) for b in frame.image] == [s["image"] for s in samples]
     # rewriting over an existing S3 output needs overwrite and removes shards no longer produced
     write_webdataset(read_webdataset(directory, with_images=False), "s3://data/out", images_per_tar=15,

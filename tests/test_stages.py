@@ -126,7 +126,7 @@ def test_nemo_snippet_end_to_end(env, dataset, tmp_path, capsys):
     counts = manifest["counts"]
 
     # everything read is accounted for exactly once
-    assert counts["read"] == 34
+    assert counts["read"] == 34 and counts["read_counted_from"] == "input shards" and counts["removed"] == 0
     assert counts["failed_by_reason"] == {"decode_error": 2, "no_image": 1}
     assert counts["dropped_by_stage"]["aesthetic"] > 0 and counts["dropped_by_stage"]["nsfw"] > 0
     assert counts["read"] == counts["failed"] + sum(counts["dropped_by_stage"].values()) + counts["written"]

@@ -70,7 +70,7 @@ def test_exact_shard_sizes_and_same_samples(tmp_path, photo_dataset, images_per_
 
 def test_image_bytes_held_by_the_frame_win_over_the_shard(tmp_path, photo_dataset):
     directory, samples = photo_dataset
-    df = read_webdataset(directory)
+    df = read_webdataset(directory, with_images=True)
 
     def edit(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
@@ -156,7 +156,23 @@ def test_marked_rows_are_counted_and_kept_aside_on_request(tmp_path, photo_datas
     counts = result.counts
     assert counts["read"] == 30 and counts["written"] == len(landscape)
     assert counts["dropped_by_stage"] == {"landscape-only": len(portrait)}
-    assert counts["read"] == counts["written"] + counts["dropped"] + counts["failed"]
+    assert counts["read"] == counts["written"] + counts["dropped"] + counts["failed"] and counts["removed"] == 0
+    # the sidecar's failed downloads have no member in any shard: counted, by status
+    assert counts["sidecar_only_by_status"] == {"failed_to_download": 3}
+
+
+def test_rows_removed_before_the_writer_are_counted_as_removed(tmp_path, photo_dataset):
+    """read is counted in the input shards: rows a mask or on_error="skip" removed show as removed."""
+    directory, samples = photo_dataset
+    write_tar(directory / "00003.tar", [("cut.jpg", b"\xff\xd8"), ("cut.txt", b"x" * 600)])
+    (directory / "00003.tar").write_bytes((directory / "00003.tar").read_bytes()[:1100])  # cut inside cut.txt
+    df = read_webdataset(directory, on_error="skip")
+    result = write_webdataset(df[df.width > df.height], tmp_path / "out", images_per_tar=5)
+    counts = result.counts
+    landscape = sum(s["json"]["landscape"] for s in samples)
+    assert counts["read"] == 31 and counts["written"] == landscape and counts["failed"] == 0
+    assert counts["removed"] == 31 - landscape  # the portraits (mask) and the cut sample (skipped)
+    assert result.manifest["inputs"] == [str(directory / f"{i:05d}.tar") for i in range(4)]
 
 
 def test_duplicate_keys_are_renamed_deterministically_and_reported(tmp_path, photos):
@@ -310,7 +326,7 @@ def test_failures_are_listed_not_written(tmp_path, photos):
     (tmp_path / "in" / "1.tar").write_bytes(b"this is not a tar" * 64)
     result = write_webdataset(read_webdataset(tmp_path / "in"), tmp_path / "out", images_per_tar=10)
     assert [s["__key__"] for s in read_back(tmp_path / "out")] == ["a", "b"]
-    failures = pd.read_parquet(tmp_path / "out" / "_failures.parquet")
+    failures = pd.read_parquet(tmp_path / "out" / "_failures")
     assert sorted(failures.error) == ["invalid_json", "not_a_tar", "unsafe_member_name"]
     assert set(failures.error_member.dropna()) == {"a.json", "../evil.jpg"}
     assert result.counts["rejected_members_by_reason"] == {"invalid_json": 1, "unsafe_member_name": 1}

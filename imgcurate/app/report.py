@@ -232,7 +232,7 @@ def _failures_section(con, tables: dict[str, Any], counts: dict[str, Any]) -> st
             f"ORDER BY {C.SOURCE_SHARD}, {C.SOURCE_INDEX} NULLS FIRST LIMIT {FAILURE_ROWS}").fetchall()
         total = con.execute("SELECT count(*) FROM failures").fetchone()[0]
         listed = [(os.path.basename(shard or ""), *rest) for shard, *rest in rows]
-        parts.append(f"<p class='meta'>The first {len(listed)} of {total} in <code>_failures.parquet</code>:</p>")
+        parts.append(f"<p class='meta'>The first {len(listed)} of {total} in <code>_failures/</code>:</p>")
         parts.append(html_table(("shard", "index", "key", "reason", "member", "detail"), listed))
     return "".join(parts)
 

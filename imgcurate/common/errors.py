@@ -5,7 +5,7 @@ Bad input never stops a job by accident. Every function that can meet bad input 
 
 * ``"report"`` (default): the problem becomes a *failure row* in the dataframe (columns
   ``error``, ``error_member``, ``error_detail``); the writer lists those rows in
-  ``_failures.parquet`` and counts them in ``_manifest.json``.
+  ``_failures/`` and counts them in ``_manifest.json``.
 * ``"skip"``: the problem is dropped silently (counted nowhere).
 * ``"raise"``: the first problem raises :class:`SampleError` (the CLI's ``--strict``).
 """

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Sequence
 
 import dask
 from dask.base import named_schedulers
+from dask.system import CPU_COUNT
 # plain text bars everywhere: tqdm.auto wants ipywidgets in Jupyter and warns without it
 from tqdm.std import tqdm
 
@@ -33,30 +36,27 @@ def active_client():
         return None
 
 
-def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=None) -> list[Any]:
+def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=None, alongside: Sequence[Any] = ()) -> list[Any]:
     """Compute Dask collections/delayed objects; with ``progress``, show one bar over them.
+
+    ``alongside``: more tasks computed in the same run, whose results follow those of ``tasks``,
+    left out of the bar's count on a distributed client (the bar counts partitions).
 
     Runs on ``client``, else on the active distributed client, else on Dask's local scheduler.
     On a distributed client the bar counts finished tasks of ``tasks`` (local and remote
     clusters alike); on Dask's local schedulers it counts graph tasks.
+
+    When it raises (a failed task, Ctrl-C), none of its tasks is still running: callers clean up
+    what the tasks wrote without racing them.
     """
-    tasks = list(tasks)
+    counted = len(tasks)
+    tasks = [*tasks, *alongside]
     if not tasks:
         return []
     if client is None:
         client = active_client()
     if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks)
-        try:
-            with tqdm(total=len(futures), desc=desc, unit="part", disable=not progress) as bar:
-                for _ in as_completed(futures, loop=client.loop):
-                    bar.update()
-            return client.gather(futures)
-        finally:
-            for future in futures:
-                future.release()
+        return _compute_on_client(client, tasks, counted, desc, progress)
     if progress:
         from tqdm.dask import TqdmCallback
 
@@ -64,4 +64,44 @@ def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=N
     else:
         context = nullcontext()
     with context:
-        return list(dask.compute(*tasks))
+        if dask.config.get("scheduler", None) not in (None, "threads", "threading"):
+            return list(dask.compute(*tasks))  # "sync" runs in this thread; "processes" ends with its pool
+        pool = ThreadPoolExecutor(CPU_COUNT, thread_name_prefix="imgcurate-dask")
+        try:
+            return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+        finally:
+            # idle after a success; after an error or Ctrl-C, the tasks already running finish first
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _compute_on_client(client, tasks: list[Any], counted: int, desc: str, progress: bool) -> list[Any]:
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    try:
+        with tqdm(total=counted, desc=desc, unit="part", disable=not progress) as bar:
+            for _ in as_completed(futures[:counted], loop=client.loop):
+                bar.update()
+        return client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        _wait_until_stopped(client, {key for task in tasks for key in task.__dask_graph__()})
+        raise
+    finally:
+        for future in futures:
+            future.release()
+
+
+def _wait_until_stopped(client, keys: set, timeout: float = 60.0) -> None:
+    """Wait until no worker is running any of ``keys`` (cancelled tasks already running are not
+    interrupted by Dask), or the cluster is gone, or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = {key for processing in client.processing().values() for key in processing}
+        except Exception:  # the scheduler or its workers are gone: nothing runs there any more
+            return
+        if not running & keys:
+            return
+        time.sleep(0.05)
+    log.warning("tasks of the interrupted job were still running after %.0f s", timeout)

@@ -60,7 +60,7 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
         return {"samples": _frame_stream(dataset)}
     from ..io.paths import filesystem, full_url, is_shard_name
     from ..io.reader import read_webdataset
-    from ..io.outputdir import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE, shard_parquet_files
+    from ..io.outputdir import DROPPED_DIR, FAILURES_DIR, MANIFEST_FILE, OLD_FAILURES_DIR, shard_parquet_files
 
     fs, root = filesystem(os.fspath(dataset), storage_options)
     if fs.isfile(root) and root.endswith(".parquet"):
@@ -73,7 +73,8 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
         # an input dataset's NNNNN.parquet are sidecars: partial metadata, joined by the reader
         if shards and (written_by_imgcurate or not has_tars):
             tables = {"samples": _parquet_dataset(shards, storage_options)}
-            failures = [full_url(fs, p) for p in fs.glob(f"{root}/{FAILURES_DIR}/*.parquet")]
+            failures = [full_url(fs, p) for directory in (FAILURES_DIR, OLD_FAILURES_DIR)
+                        for p in fs.glob(f"{root}/{directory}/*.parquet")]
             if failures:
                 tables["failures"] = _parquet_dataset(failures, storage_options)
             dropped = shard_parquet_files(fs, f"{root}/{DROPPED_DIR}") if fs.isdir(f"{root}/{DROPPED_DIR}") else []

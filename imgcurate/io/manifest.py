@@ -1,7 +1,7 @@
 """Phase "describe" of a write: the files that describe the shards, and the run's counts.
 
 ``_metadata`` (every shard's Parquet footer, so ``dask.dataframe.read_parquet(out)`` reads exactly
-the shards), ``_index.json`` (the wids shard index), ``_failures.parquet/`` (every failure row) and
+the shards), ``_index.json`` (the wids shard index), ``_failures/`` (every failure row) and
 ``_manifest.json`` (inputs, parameters, counts, shards, versions), which is written last.
 """
 
@@ -19,7 +19,7 @@ from .._version import __version__
 from ..common.errors import MEMBER_REASONS, SAMPLE_REASONS, SHARD_REASONS
 from .assemble import write_parquet
 from .jsontext import json_default
-from .outputdir import FAILURES_DIR, FAILURES_PART, INDEX_FILE, MANIFEST_FILE, SUMMARY_FILE, shard_name
+from .outputdir import FAILURES_DIR, FAILURES_PART, INDEX_FILE, MANIFEST_FILE, OLD_FAILURES_DIR, SUMMARY_FILE, shard_name
 from .staging import DROPPED, KEPT
 
 MAX_LISTED_RENAMES = 1000
@@ -31,8 +31,16 @@ def failures_by_reason(counts: dict[str, Any]) -> dict[str, int]:
             **counts.get("rejected_shards_by_reason", {})}
 
 
-def count_samples(stats: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's counts from the staging tasks' ``stats`` and the assembled shards' ``results``."""
+def count_samples(stats: list[dict[str, Any]], results: list[dict[str, Any]],
+                  shard_counts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The run's counts from the staging tasks' ``stats``, the assembled shards' ``results`` and, when
+    the frame was read from shards, their own counts (``shard_counts``, :func:`~imgcurate.io.reader.count_samples`).
+
+    ``read`` is then the samples found in the input shards, and ``removed`` those of them that were
+    neither written, dropped by a stage nor failed: rows the caller's own masks removed, or
+    failures under ``on_error="skip"``. Without ``shard_counts`` (a frame built otherwise), ``read``
+    is the rows that reached the writer.
+    """
     by_reason: dict[str, int] = {}
     dropped_by: dict[str, int] = {}
     for s in stats:
@@ -45,8 +53,16 @@ def count_samples(stats: list[dict[str, Any]], results: list[dict[str, Any]]) ->
     failed = {r: n for r, n in sorted(by_reason.items()) if r in SAMPLE_REASONS}
     members = {r: n for r, n in sorted(by_reason.items()) if r in MEMBER_REASONS}
     shards = {r: n for r, n in sorted(by_reason.items()) if r in SHARD_REASONS}
+    accounted = written + dropped + sum(failed.values())
+    read = sum(c["samples"] for c in shard_counts) if shard_counts is not None else accounted
+    sidecar_only: dict[str, int] = {}
+    for c in shard_counts or ():
+        for status, n in c["sidecar_only"].items():
+            sidecar_only[status] = sidecar_only.get(status, 0) + n
     return {
-        "read": written + dropped + sum(failed.values()),
+        "read": read,
+        "read_counted_from": "input shards" if shard_counts is not None else "rows written, dropped and failed",
+        "removed": read - accounted,
         "written": written,
         "dropped": dropped,
         "failed": sum(failed.values()),
@@ -57,6 +73,8 @@ def count_samples(stats: list[dict[str, Any]], results: list[dict[str, Any]]) ->
         "rejected_shards": sum(shards.values()),
         "rejected_shards_by_reason": shards,
         "renamed_keys": sum(len(r["renames"]) for r in results),
+        # keys an img2dataset-style sidecar lists that have no member in their shard, by status
+        "sidecar_only_by_status": dict(sorted(sidecar_only.items())),
     }
 
 
@@ -98,9 +116,10 @@ def write_index(fs, root: str, kept: list[dict[str, Any]]) -> None:
 
 
 def write_failures(fs, root: str, url: str, failures: pa.Table, storage_options: dict | None) -> None:
-    """``_failures.parquet/part-00000.parquet`` under the output at ``root`` (``url``), replacing an earlier listing."""
-    if fs.exists(f"{root}/{FAILURES_DIR}"):
-        fs.rm(f"{root}/{FAILURES_DIR}", recursive=True)
+    """``_failures/part-00000.parquet`` under the output at ``root`` (``url``), replacing an earlier listing."""
+    for directory in (FAILURES_DIR, OLD_FAILURES_DIR):
+        if fs.exists(f"{root}/{directory}"):
+            fs.rm(f"{root}/{directory}", recursive=True)
     write_parquet(failures, "/".join([url.rstrip("/"), FAILURES_DIR, FAILURES_PART]), storage_options)
 
 

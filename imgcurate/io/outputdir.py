@@ -1,7 +1,7 @@
 """The output directory: what imgcurate writes there, when it may write, and how a run publishes.
 
 Names (README, "Output format"): ``NNNNN.tar`` / ``NNNNN.parquet`` shards, ``_metadata``,
-``_index.json``, ``_manifest.json``, ``_failures.parquet/``, ``_dropped/``; while a run writes, its
+``_index.json``, ``_manifest.json``, ``_failures/``, ``_dropped/``; while a run writes, its
 staging in ``_imgcurate_tmp/`` and the ``_imgcurate_incomplete`` marker, on which the run holds a
 lock (:mod:`~imgcurate.io.runlock`) until ``_manifest.json`` is written last.
 
@@ -28,15 +28,17 @@ TMP_DIR = "_imgcurate_tmp"
 MARKER = "_imgcurate_incomplete"
 INDEX_FILE = "_index.json"
 MANIFEST_FILE = "_manifest.json"
-# A directory holding one Parquet file, as Spark writes them: a plain file of that name would be
-# matched by read_parquet('out/*.parquet') in DuckDB and break queries over the shards' metadata.
-FAILURES_DIR = "_failures.parquet"
+# Directories without a .parquet suffix, so that out/*.parquet and out/*.tar mean the shards and
+# nothing else in every reader that expands the glob (DuckDB, polars, pandas over glob(), Python's
+# glob: a directory named *.parquet matched them and broke them).
+FAILURES_DIR = "_failures"
 FAILURES_PART = "part-00000.parquet"
+OLD_FAILURES_DIR = "_failures.parquet"  # where imgcurate 0.1 put them: recognised, and replaced by a new run
 SUMMARY_FILE = "_metadata"  # the Parquet summary file, so dask.read_parquet(out) reads the shards only
 DROPPED_DIR = "_dropped"
 SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
 SHARD_PARQUET = re.compile(r"^\d{5,}\.parquet$")
-OUR_FILES = {INDEX_FILE, MANIFEST_FILE, FAILURES_DIR, SUMMARY_FILE, DROPPED_DIR, TMP_DIR, MARKER}
+OUR_FILES = {INDEX_FILE, MANIFEST_FILE, FAILURES_DIR, OLD_FAILURES_DIR, SUMMARY_FILE, DROPPED_DIR, TMP_DIR, MARKER}
 INTERRUPTED, PREVIOUS = "interrupted run", "previous output"
 
 

@@ -6,7 +6,7 @@ import functools
 import io
 import os
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import dask
 import dask.dataframe as dd
@@ -141,6 +141,28 @@ def _with_images(table: pa.Table, task: ShardTask, layout: Layout) -> pa.Table |
     return table.add_column(layout.arrow_schema().get_field_index(C.IMAGE), pa.field(C.IMAGE, pa.binary()), images)
 
 
+def count_samples(task: ShardTask) -> dict[str, Any]:
+    """What one shard holds, counted by a second pass over it that reads no image: ``samples`` (as the
+    reader finds them, a sample cut short included) and, when its sidecar lists keys the shard has
+    no member for (img2dataset's failed downloads), ``sidecar_only`` by their ``status``."""
+    headers_only = replace(task, with_images=False)
+    plain = read_plain_shard(headers_only)
+    if plain is not None:
+        samples, keys = len(plain), set(plain.keys.to_pylist())
+    else:
+        found, failures = read_shard_samples(headers_only)
+        samples = len(found) + sum(f.reason == "truncated_sample" for f in failures)
+        keys = {s.key for s in found} | {f.key for f in failures if f.reason == "truncated_sample"}
+    sidecar = read_sidecar(task, [])
+    sidecar_only: dict[str, int] = {}
+    if sidecar is not None:
+        statuses = sidecar.column("status").to_pylist() if "status" in sidecar.column_names else [None] * len(sidecar)
+        for key, status in zip(sidecar.column(C.KEY).to_pylist(), statuses):
+            if key not in keys:
+                sidecar_only[str(status)] = sidecar_only.get(str(status), 0) + 1
+    return {"shard": task.url, "samples": samples, "sidecar_only": sidecar_only}
+
+
 def failures_in(table: pa.Table) -> list[Failure]:
     """The failure rows of a partition table, as :class:`Failure` objects."""
     rows = table.filter(table.column(C.ERROR).is_valid())
@@ -166,7 +188,7 @@ class _ReadShard:
 def read_webdataset(
     urlpath: str | os.PathLike | Sequence[str | os.PathLike],
     *,
-    with_images: bool = True,
+    with_images: bool = False,
     sidecar_parquet: bool | str = "auto",
     storage_options: dict | None = None,
     on_error: OnError = "report",
@@ -181,8 +203,11 @@ def read_webdataset(
         A directory, glob, brace range (``data/{00000..00009}.tar``), file, or list of these;
         local paths or fsspec URLs. ``.tar``, ``.tar.gz`` and ``.tgz`` shards.
     with_images:
-        Load image bytes into an ``image`` column. Without it, rows still carry where each
-        image lies in its shard, and the writer and the decoder fetch it from there.
+        Load image bytes into an ``image`` column, for code of your own that wants them. By
+        default they stay in the shards: rows carry where each image lies, and everything in
+        imgcurate that needs the bytes (the writer, embedding, validation, hashing, ``show``)
+        fetches them from there by byte range, so a read → filter → write copies each image
+        once, from shard to shard.
     sidecar_parquet:
         ``"auto"`` joins an img2dataset-style ``00000.parquet`` next to ``00000.tar`` on
         ``key`` when it exists; ``True`` requires one per shard; ``False`` ignores them.
@@ -217,6 +242,20 @@ def read_webdataset(
     # visit each partition for nothing (~0.5 ms each; 6 % of a read of the benchmark's shards)
     with dask.config.set({"dataframe.convert-string": False}):
         return dd.from_map(_ReadShard(layout, chosen), tasks, meta=meta, label="read-webdataset", enforce_metadata=False)
+
+
+def reader_tasks(df) -> list[ShardTask] | None:
+    """The shard tasks of every ``read_webdataset`` a Dask frame was built from (in graph order), or
+    None when it was built some other way: the writer learns its inputs from them before reading."""
+    from dask.dataframe.dask_expr.io.io import FromMap
+
+    expr = getattr(df, "expr", None)
+    if expr is None:
+        return None
+    reads = [leaf for leaf in expr.find_operations(FromMap) if isinstance(leaf.func, _ReadShard)]
+    if not reads:
+        return None
+    return [task for leaf in reads for iterable in leaf.operand("iterables") for task in iterable]
 
 
 def _sidecar_for(url: str, sidecar_parquet: bool | str, storage_options: dict | None) -> str | None:

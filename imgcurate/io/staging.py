@@ -4,7 +4,7 @@ Kept rows (and dropped ones, when they are kept aside) are saved to ``_imgcurate
 Arrow IPC files (read back once by the same run, so no Parquet encoding), with where their image
 bytes are: in the source shard, found by the ``_image_offset`` the reader recorded (nothing is
 copied), or, when the frame holds the bytes in an ``image`` column, in a blob file spilled next
-to it. Failure rows are saved for ``_failures.parquet``. Each task returns its counts.
+to it. Failure rows are saved for ``_failures/``. Each task returns its counts.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -82,6 +83,23 @@ def _value_counts(array) -> dict[str, int]:
     return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
 
 
+def _spill(images: pa.ChunkedArray, url: str, storage_options: dict | None) -> pa.Array:
+    """Write the bytes of a binary column to ``url``, each chunk's values buffer in one piece;
+    returns where each value starts in the file (int64)."""
+    sink = ShardSink(url, storage_options)
+    starts = []
+    try:
+        for chunk in images.chunks:
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=len(chunk) + 1, offset=4 * chunk.offset)
+            first, last = int(offsets[0]), int(offsets[-1])
+            starts.append(offsets[:-1].astype(np.int64) - first + sink.size)
+            if last > first:
+                sink.write(memoryview(chunk.buffers()[2]).cast("B")[first:last])
+    finally:
+        sink.close()
+    return pa.array(np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64), pa.int64())
+
+
 def _locate_images(table: pa.Table, spill_url: str, options: WriteOptions) -> pa.Table:
     """Replace the image bytes of ``table`` by (blob url, offset, size) columns: the bytes the frame
     holds are spilled to ``spill_url``; otherwise the image's range in its source shard."""
@@ -93,25 +111,17 @@ def _locate_images(table: pa.Table, spill_url: str, options: WriteOptions) -> pa
     if C.IMAGE in table.column_names:
         images = table.column(C.IMAGE)
         if images.null_count < len(table):  # bytes in the frame win over the source range
-            sink = ShardSink(spill_url, options.storage_options)
-            spill_offsets: list[int | None] = []
-            try:
-                for data in images.to_pylist():
-                    spill_offsets.append(None if data is None else sink.size)
-                    if data is not None:
-                        sink.write(data)
-            finally:
-                sink.close()
+            spill_offsets = _spill(images, spill_url, options.storage_options)
             spilled = pc.is_valid(images)
             urls = pc.if_else(spilled, pa.scalar(spill_url, pa.string()), urls)
-            offsets = pc.if_else(spilled, pa.array(spill_offsets, pa.int64()), offsets)
+            offsets = pc.if_else(spilled, spill_offsets, offsets)
             sizes = pc.if_else(spilled, pc.cast(pc.binary_length(images), pa.int64()), sizes)
         table = table.drop_columns([C.IMAGE])
     return table.append_column(BLOB_URL, urls).append_column(BLOB_OFFSET, offsets).append_column(BLOB_SIZE, sizes)
 
 
 def _stage_failures(failures: pa.Table, number: int, options: WriteOptions) -> None:
-    """Save the failure rows of partition ``number`` (their listing columns only) for ``_failures.parquet``."""
+    """Save the failure rows of partition ``number`` (their listing columns only) for ``_failures/``."""
     failure_table = pa.table({
         name: column_or_nulls(failures, name, options.schema.field(name).type if name in options.schema.names else pa.string())
         for name in FAILURE_COLUMNS

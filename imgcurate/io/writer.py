@@ -8,7 +8,7 @@ tasks or a few calls on the driver, so memory is bounded by a few partitions:
 3. **plan** the output shards from the staged counts (:mod:`~imgcurate.io.shardplan`);
 4. **assemble** the shards, image bytes copied by byte range (:mod:`~imgcurate.io.assemble`);
 5. **publish** them (renamed into place) and **describe** them: ``_metadata``, ``_index.json``,
-   ``_failures.parquet/``, then ``_manifest.json`` last (:mod:`~imgcurate.io.manifest`).
+   ``_failures/``, then ``_manifest.json`` last (:mod:`~imgcurate.io.manifest`).
 
 Until the manifest is written an ``_imgcurate_incomplete`` marker stands in the directory, locked
 by this process; a run that fails before publishing leaves the directory as it found it.
@@ -32,6 +32,7 @@ from .outputdir import (
     DROPPED_DIR, MARKER, check_output_dir, clear_leftovers, inside, publish_shards, remove_staging, withdrawn_on_error,
 )
 from .paths import filesystem, full_url, is_local_fs
+from .reader import ShardTask, count_samples, reader_tasks
 from .runlock import hold_marker
 from .shardplan import ShardPlan, group_plans, plan_shards
 from .staging import DROPPED, KEPT, WriteOptions, read_staged_failures, stage_partition
@@ -71,19 +72,21 @@ def check_images_per_tar(images_per_tar) -> None:
         raise ValueError(f"images_per_tar must be a positive integer, got {images_per_tar!r}")
 
 
-def _stage(df, options: WriteOptions, progress: bool, client) -> list[dict[str, Any]]:
-    """Phase 2: stage every partition; the counts of each, in partition order."""
+def _stage(df, options: WriteOptions, shard_tasks: list[ShardTask] | None, progress: bool,
+           client) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Phase 2: stage every partition; the counts of each, in partition order. The input shards
+    (when the frame was read by ``read_webdataset``) are counted in the same run, so that the
+    manifest's ``read`` is counted where samples are read, not worked out from what was written."""
     tasks = [dask.delayed(stage_partition)(part, i, options) for i, part in enumerate(df.to_delayed())]
-    return compute(tasks, desc="staging", progress=progress, client=client)
+    counts = [dask.delayed(count_samples)(task) for task in shard_tasks or ()]
+    done = compute(tasks, desc="staging", progress=progress, client=client, alongside=counts)
+    return done[: len(tasks)], (done[len(tasks):] if shard_tasks else None)
 
 
-def _refuse_inputs_inside_output(stats: list[dict[str, Any]], options: WriteOptions) -> list[str]:
-    """The input shards the rows came from; raises when one lies inside the output directory."""
-    inputs = sorted({source for s in stats for source in s["sources"]})
-    clash = [source for source in inputs if inside(source, options.output_url)]
+def refuse_inputs_inside_output(inputs: list[str], output_url: str) -> None:
+    clash = [source for source in inputs if inside(source, output_url)]
     if clash:
         raise OutputExistsError(f"input shard {clash[0]!r} lies inside the output directory; write somewhere else")
-    return inputs
 
 
 def _plan(stats: list[dict[str, Any]], options: WriteOptions) -> list[list[ShardPlan]]:
@@ -127,7 +130,7 @@ def write_webdataset(
     """Write ``df`` as WebDataset shards plus Parquet metadata (format: README, "Output format").
 
     Every shard but the last holds exactly ``images_per_tar`` samples, in input order minus
-    the rows filtered out. Rows with ``error`` set go to ``_failures.parquet``; rows with
+    the rows filtered out. Rows with ``error`` set go to ``_failures/``; rows with
     ``dropped_by`` set are counted (and, with ``keep_dropped``, written under ``_dropped/``).
     ``remove_image_data=False`` also keeps the image bytes in the Parquet files.
     ``source_storage_options`` (default: ``storage_options``) opens the input shards when image
@@ -143,6 +146,9 @@ def write_webdataset(
         source_storage_options if source_storage_options is not None else storage_options,
         backend_of(df).to_arrow(df._meta).schema, is_local_fs(fs),
     )
+    shard_tasks = reader_tasks(df)
+    if shard_tasks:  # before anything is read; otherwise the rows' sources are checked after staging
+        refuse_inputs_inside_output([task.url for task in shard_tasks], options.output_url)
     existed = fs.isdir(root)
     replacing = check_output_dir(fs, root, overwrite)
     # held until the run has finished: meanwhile a second run into the directory is refused
@@ -150,8 +156,12 @@ def write_webdataset(
         clear_leftovers(fs, root, replacing)
         with withdrawn_on_error(fs, root, existed, replacing):
             marker.write(__version__)
-            stats = _stage(df, options, progress, client)
-            inputs = _refuse_inputs_inside_output(stats, options)
+            stats, shard_counts = _stage(df, options, shard_tasks, progress, client)
+            if shard_tasks:
+                inputs = list(dict.fromkeys(task.url for task in shard_tasks))
+            else:
+                inputs = sorted({source for s in stats for source in s["sources"]})
+                refuse_inputs_inside_output(inputs, options.output_url)
             results = _assemble(_plan(stats, options), options, progress, client)
 
         _publish(fs, root, options, results)
@@ -161,7 +171,7 @@ def write_webdataset(
         for stream, directory in ((KEPT, root), (DROPPED, f"{root}/{DROPPED_DIR}")):
             describe.write_summary(fs, directory, sorted((r for r in results if r["stream"] == stream), key=lambda r: r["number"]))
 
-        counts = describe.count_samples(stats, results)
+        counts = describe.count_samples(stats, results, shard_counts)
         parameters = {"images_per_tar": images_per_tar, "remove_image_data": remove_image_data, "keep_dropped": keep_dropped}
         extra = (manifest_extra(counts) if callable(manifest_extra) else manifest_extra) or {}
         manifest = describe.manifest(options.output_url, replacing, inputs, parameters, extra, counts, kept)

@@ -187,7 +187,8 @@ class Pipeline:
         context = self.validate()
         writer: ImageWriterStage = self.stages[-1]  # type: ignore[assignment]
         verbose = writer.verbose or any(getattr(s, "verbose", False) for s in self.stages)
-        with (client.as_current() if client is not None else dask_client(scheduler)):
+        local = dask_client(scheduler, work="compute", shards=context.shards, storage_options=context.storage_options)
+        with (client.as_current() if client is not None else local):
             df, context = self.build(context)
 
             def manifest_extra(counts: dict[str, Any]) -> dict[str, Any]:

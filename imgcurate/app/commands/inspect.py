@@ -11,7 +11,7 @@ from .options import add_scheduler
 def run(args) -> int:
     from ...dataframe.inspect import inspect_dataset
 
-    with dask_client(args.scheduler, start_cluster=False):
+    with dask_client(args.scheduler, work="read"):
         report = inspect_dataset(args.path)
     print(json.dumps(report, indent=1) if args.json else report_text(report))
     return 0
@@ -38,5 +38,5 @@ def register(sub) -> None:
                        description="Summarise a WebDataset: shards, samples, failures, columns and sizes.")
     p.add_argument("path", help="directory, glob, brace range or file of shards")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_scheduler(p, starts_cluster=False)
+    add_scheduler(p, "read")
     p.set_defaults(func=run)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ...common.cluster import SCHEDULER_ENV
+from ...common.cluster import LOCAL_CLUSTER_MIN_BYTES, SCHEDULER_ENV
 
 
-def add_scheduler(parser: argparse.ArgumentParser, starts_cluster: bool = True) -> None:
-    otherwise = "a local cluster started for the job" if starts_cluster else "in-process threads"
+DEFAULTS = {
+    "copy": "in-process threads (the copy runs without the GIL)",
+    "read": "in-process threads",
+    "compute": f"a local cluster when the input holds {LOCAL_CLUSTER_MIN_BYTES // 2**20} MiB or more, else in-process threads",
+}
+
+
+def add_scheduler(parser: argparse.ArgumentParser, work: str = "compute") -> None:
     parser.add_argument(
         "--scheduler", metavar="ADDRESS",
-        help=f"Dask scheduler address (tcp://HOST:PORT), or 'threads'; default: ${SCHEDULER_ENV}, else {otherwise}",
+        help=f"Dask scheduler address (tcp://HOST:PORT), 'threads', or 'local' (a cluster on this machine for the job); "
+             f"default: ${SCHEDULER_ENV}, else {DEFAULTS[work]}",
     )
 
 
@@ -32,9 +40,31 @@ def add_validate_images(parser: argparse.ArgumentParser) -> None:
                              "copied unchecked")
 
 
-def print_result(result) -> None:
+def check_before_work(args) -> list[str]:
+    """The input shards, once every argument and path has been checked: nothing is read and no
+    cluster is started before a mistake in them is reported."""
+    from ...io.outputdir import check_output_dir
+    from ...io.paths import expand_shards, filesystem, full_url
+    from ...io.writer import check_images_per_tar, refuse_inputs_inside_output
+
+    check_images_per_tar(args.images_per_tar)
+    shards = expand_shards(args.input)
+    fs, root = filesystem(args.output)
+    refuse_inputs_inside_output(shards, full_url(fs, root))
+    check_output_dir(fs, root, args.overwrite)
+    return shards
+
+
+def print_result(result) -> int:
+    """Print what a write did; the exit status: 1 when every input shard was rejected, else 0."""
     print(result)
     print_failures(result)
+    counts = result.counts
+    inputs = result.manifest.get("inputs", [])
+    if inputs and counts.get("read", 0) == 0 and counts.get("rejected_shards", 0) >= len(inputs):
+        print(f"no input shard could be read ({counts['rejected_shards']} rejected)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def print_failures(result) -> None:
@@ -43,6 +73,6 @@ def print_failures(result) -> None:
     failed = failures_by_reason(result.counts)
     if failed:
         summary = ", ".join(f"{reason} {n}" for reason, n in sorted(failed.items(), key=lambda kv: -kv[1]))
-        print(f"failures: {summary} (details: {result.output_dir}/_failures.parquet)")
+        print(f"failures: {summary} (details: {result.output_dir}/_failures/)")
     if result.counts.get("renamed_keys"):
         print(f"renamed keys: {result.counts['renamed_keys']} (listed in _manifest.json)")

@@ -11,7 +11,7 @@ from .options import add_scheduler
 def run(args) -> int:
     from ...dataframe.sql import sql
 
-    with dask_client(args.scheduler, start_cluster=False):
+    with dask_client(args.scheduler, work="read"):
         result = sql(args.sql, args.dataset)
     if args.format == "csv":
         result.to_csv(sys.stdout, index=False)
@@ -35,5 +35,5 @@ def register(sub) -> None:
     p.add_argument("sql", help="e.g. \"SELECT caption, aesthetic_score FROM samples ORDER BY aesthetic_score DESC LIMIT 10\"")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format (default 50)")
-    add_scheduler(p, starts_cluster=False)
+    add_scheduler(p, "read")
     p.set_defaults(func=run)

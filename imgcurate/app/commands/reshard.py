@@ -4,7 +4,7 @@ only the samples a SQL predicate keeps; image bytes are copied, never decoded (u
 from __future__ import annotations
 
 from ...common.cluster import dask_client
-from .options import add_output, add_scheduler, add_validate_images, print_result
+from .options import add_output, add_scheduler, add_validate_images, check_before_work, print_result
 
 
 def run(args) -> int:
@@ -13,16 +13,16 @@ def run(args) -> int:
     from ...io.writer import write_webdataset
 
     on_error = "raise" if args.strict else "report"
-    with dask_client(args.scheduler):
-        df = read_webdataset(args.input, with_images=False, on_error=on_error)
+    shards = check_before_work(args)
+    with dask_client(args.scheduler, work="copy", shards=shards):
+        df = read_webdataset(shards, with_images=False, on_error=on_error)
         if getattr(args, "where", None):
             df = mark_where(df, args.where, stage="where")
         if args.validate_images:  # after the predicate: rows it drops are not copied, so need no check
             df = validate_images(df, on_error=on_error)
         result = write_webdataset(df, args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
                                   progress=not args.no_progress)
-    print_result(result)
-    return 0
+    return print_result(result)
 
 
 def register(sub) -> None:
@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
     add_output(p)
     add_validate_images(p)
-    add_scheduler(p)
+    add_scheduler(p, "copy")
     p.set_defaults(func=run)
 
     p = sub.add_parser("export", help="reshard only the samples whose metadata matches a SQL predicate",
@@ -44,5 +44,5 @@ def register(sub) -> None:
     p.add_argument("--where", required=True, metavar="PREDICATE", help="SQL boolean expression over metadata columns")
     add_output(p)
     add_validate_images(p)
-    add_scheduler(p)
+    add_scheduler(p, "copy")
     p.set_defaults(func=run)
