@@ -48,7 +48,7 @@ def interrupt(command: list[str], out: Path, phase: str) -> subprocess.Completed
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["default", "local"])
 def test_ctrl_c_leaves_the_directory_as_it_was_found(many_shards, tmp_path, scheduler):
-    tries = 6 if scheduler == "default" else 2
+    tries = 6 if scheduler == "default" else 4
     extra = [] if scheduler == "default" else ["--scheduler", "local"]
     for attempt in range(tries):
         phase = ("staging", "assembling")[attempt % 2]

@@ -92,13 +92,20 @@ def _compute_on_client(client, tasks: list[Any], counted: int, desc: str, progre
             future.release()
 
 
+def _running_keys(dask_worker) -> list:
+    """The keys a worker's threads are running now, cancelled ones included (they run to the end)."""
+    state = dask_worker.state
+    return [ts.key for ts in (*state.executing, *state.long_running)]
+
+
 def _wait_until_stopped(client, keys: set, timeout: float = 60.0) -> None:
-    """Wait until no worker is running any of ``keys`` (cancelled tasks already running are not
-    interrupted by Dask), or the cluster is gone, or ``timeout`` seconds have passed."""
+    """Wait until no worker thread runs any of ``keys`` (Dask does not interrupt a cancelled task
+    that has started, and the scheduler forgets it at once, so the workers are asked), or the
+    cluster is gone, or ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            running = {key for processing in client.processing().values() for key in processing}
+            running = {key for worker_keys in client.run(_running_keys).values() for key in worker_keys}
         except Exception:  # the scheduler or its workers are gone: nothing runs there any more
             return
         if not running & keys:
