@@ -7,9 +7,10 @@
 * ``"local"``: start a cluster on this machine for the job and stop it afterwards: a
   ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are present, else a
   ``LocalCluster`` of one single-threaded worker *process* per core;
-* nothing: chosen from the work (:func:`default_scheduler`): jobs that copy bytes run in-process
-  on threads; jobs that run models start a local cluster when their input is large enough to pay
-  for one, and run on threads otherwise.
+* nothing: the active ``distributed.Client`` when the caller made one; otherwise chosen from the
+  work (:func:`default_scheduler`): jobs that copy bytes run in-process on threads; jobs that run
+  models start a local cluster when their input is large enough to pay for one, and run on
+  threads otherwise.
 """
 
 from __future__ import annotations
@@ -136,7 +137,15 @@ def dask_client(scheduler: str | None = None, *, work: Work = "compute", shards:
     ``work`` and ``shards`` (the job's inputs) choose the scheduler when none is given
     (:func:`default_scheduler`).
     """
-    address = scheduler_from(scheduler) or default_scheduler(work, shards, storage_options)
+    address = scheduler_from(scheduler)
+    if address is None:
+        from .progress import active_client
+
+        client = active_client()
+        if client is not None:  # a client the caller made (RayClient, Client(...)): the job runs there
+            yield client
+            return
+        address = default_scheduler(work, shards, storage_options)
     if address in IN_PROCESS:
         with dask.config.set(scheduler=address):
             yield None

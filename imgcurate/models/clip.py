@@ -85,8 +85,9 @@ def resolve_model(model_name: str, pretrained: str | None, quick_gelu: bool | No
     return ResolvedModel(config_name, pretrained, force)
 
 
-def cached_weights(resolved: ResolvedModel) -> str | None:
-    """The local file open_clip would load for ``resolved``, if it is already on this machine."""
+def cached_weights(resolved: ResolvedModel, cache_dir: str | None = None) -> str | None:
+    """The local file open_clip would load for ``resolved`` (from ``cache_dir`` when given, as open_clip
+    reads it, else its default caches), if it is already on this machine."""
     if resolved.pretrained is None:
         return None
     if resolved.is_file:
@@ -99,12 +100,12 @@ def cached_weights(resolved: ResolvedModel) -> str | None:
         repo, filename = os.path.split(record["hf_hub"])  # "org/name/" names the repo's default file
         names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
         for name in names:
-            found = try_to_load_from_cache(repo, name)
+            found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
             if isinstance(found, str):
                 return found
         return None
     if record.get("url"):
-        candidate = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(record["url"]))
+        candidate = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(record["url"]))
         if os.path.isfile(candidate):
             return candidate
     return None
@@ -123,23 +124,27 @@ def preprocess_config(resolved: ResolvedModel) -> dict[str, Any]:
     return merged
 
 
-def weights_help(model_name: str, pretrained: str) -> str:
-    return (
-        f"CLIP weights for {model_name} pretrained={pretrained!r} are not on this machine and cannot be downloaded "
-        f"here. On a machine with internet access run: python -c \"import open_clip; "
-        f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\" and copy ~/.cache/clip and "
-        f"~/.cache/huggingface to this machine, or pass a checkpoint file: --pretrained /path/to/weights.pt "
-        f"(pretrained='/path/to/weights.pt')."
-    )
+def weights_help(model_name: str, pretrained: str, cache_dir: str | None = None) -> str:
+    if cache_dir:
+        where = (f"in model_dir {cache_dir} (open_clip's cache for them). On a machine with internet access run: "
+                 f"python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{pretrained}', "
+                 f"cache_dir='model_weights')\" and copy model_weights/ to {cache_dir}")
+    else:
+        where = ("on this machine and cannot be downloaded here. On a machine with internet access run: "
+                 f"python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{pretrained}')\" "
+                 "and copy ~/.cache/clip and ~/.cache/huggingface to this machine")
+    return (f"CLIP weights for {model_name} pretrained={pretrained!r} are not {where}, or pass a checkpoint file: "
+            f"--pretrained /path/to/weights.pt (pretrained='/path/to/weights.pt').")
 
 
 @lru_cache(maxsize=4)
-def _load_model(resolved: ResolvedModel, device: str) -> torch.nn.Module:
+def _load_model(resolved: ResolvedModel, device: str, cache_dir: str | None = None) -> torch.nn.Module:
     """Build the model once per process and device: both towers, in eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights (pretrained=None) must be the same model in every worker process
         model = open_clip.create_model(
             resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
+            cache_dir=cache_dir,
         )
     # weights stay float32; lower precision comes from autocast, which keeps norms and softmax in float32
     return model.to(device=device).eval()
@@ -157,10 +162,12 @@ class CLIPModel:
     checkpoint file, or ``None`` / ``"random"`` for random weights (labelled as such in :meth:`describe`).
     ``device``, ``precision`` and ``batch_size`` left as ``None`` are chosen on the machine that runs
     the model: CUDA with bf16 and batches of 256 when it has a GPU, else CPU with fp32 and batches of 32.
+    ``cache_dir``: where open_clip looks for (and downloads) a tag's weights, instead of its default caches.
     """
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", device: str | None = None,
-                 batch_size: int | None = None, precision: str | None = None, quick_gelu: bool | None = None):
+                 batch_size: int | None = None, precision: str | None = None, quick_gelu: bool | None = None,
+                 cache_dir: str | os.PathLike | None = None):
         if pretrained == RANDOM:
             pretrained = None
         check_precision(precision)
@@ -172,6 +179,7 @@ class CLIPModel:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         config = open_clip.get_model_config(self.resolved.config_name)
         self.dim = int(config["embed_dim"])
         self.context_length = int(config.get("text_cfg", {}).get("context_length", 77))
@@ -183,7 +191,7 @@ class CLIPModel:
 
     def weights_available(self) -> bool:
         """True when the weights are local, or there are none to load (random weights)."""
-        return self.pretrained is None or cached_weights(self.resolved) is not None
+        return self.pretrained is None or cached_weights(self.resolved, self.cache_dir) is not None
 
     def check_weights(self) -> None:
         """Raise :class:`WeightsNotFoundError` (saying what to do) when the weights can be neither found nor downloaded."""
@@ -192,7 +200,7 @@ class CLIPModel:
         record = get_pretrained_cfg(self.resolved.config_name, self.pretrained)
         source = "https://huggingface.co" if record.get("hf_hub") and has_hf_hub() else record.get("url")
         if not downloads_allowed() or not source or not reachable(source):
-            raise WeightsNotFoundError(weights_help(self.model_name, self.pretrained))
+            raise WeightsNotFoundError(weights_help(self.model_name, self.pretrained, self.cache_dir))
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -227,7 +235,7 @@ class CLIPModel:
 
     def model(self, device: str) -> torch.nn.Module:
         with MODEL_LOAD_LOCK:
-            return _load_model(self.resolved, device)
+            return _load_model(self.resolved, device, self.cache_dir)
 
     def _autocast(self, runtime: Runtime):
         return torch.autocast(torch.device(runtime.device).type, dtype=TORCH_DTYPES[runtime.precision],
@@ -273,7 +281,7 @@ class CLIPModel:
         return np.concatenate(out)
 
     def describe(self) -> dict[str, Any]:
-        weights = cached_weights(self.resolved)
+        weights = cached_weights(self.resolved, self.cache_dir)
         return {
             "model": type(self).__name__,
             "model_name": self.model_name,

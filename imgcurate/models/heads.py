@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..common.backend import torch_device
+from ..common.errors import WeightsNotFoundError
 from .weights import MODEL_LOAD_LOCK, WeightFile, resolve_weights, sha256_file
 
 log = logging.getLogger("imgcurate")
@@ -88,11 +90,17 @@ def _load_head(kind: str, path: str | None, device: str) -> nn.Module:
 
 
 def read_weights(kind: str, path: str) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``, checked against LAION's layout for the ``kind`` head, so that a
-    wrong file fails by name where the scorer is made, not in a worker at the first batch."""
+    """The state dict in ``path`` (a PyTorch file, or safetensors as NeMo Curator keeps the aesthetic
+    head), checked against LAION's layout for the ``kind`` head, so that a wrong file fails by name
+    where the scorer is made, not in a worker at the first batch."""
     head = HEADS[kind]
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways (pickle, zip, EOF) on a file that is not its own
         raise ValueError(f"{path} is not a PyTorch weight file {head.__name__} can read: {type(exc).__name__}: {exc}") from exc
     expected = {name: tuple(value.shape) for name, value in head.MODULE().state_dict().items()}
@@ -111,6 +119,23 @@ class _Head:
     MODULE: ClassVar[type[nn.Module]]
     WEIGHTS: ClassVar[WeightFile]
     KIND: ClassVar[str]
+    NEMO_PATH: ClassVar[str]  # where NeMo Curator keeps the same weights under its model_dir
+
+    @classmethod
+    def in_directory(cls, model_dir: str | os.PathLike | None) -> str | None:
+        """The weight file in ``model_dir`` (LAION's file name, or NeMo Curator's layout); None without a directory."""
+        if model_dir is None:
+            return None
+        candidates = [Path(model_dir) / cls.WEIGHTS.filename, Path(model_dir) / cls.NEMO_PATH]
+        for candidate in candidates:
+            if candidate.is_file():
+                return str(candidate)
+        raise WeightsNotFoundError(
+            f"{cls.WEIGHTS.description} weights are not in model_dir {model_dir}: looked for {candidates[0]} and "
+            f"{candidates[1]} (NeMo Curator's layout). Download {cls.WEIGHTS.url} on a machine with internet access"
+            + (f", unzip {cls.WEIGHTS.archive_member} from it," if cls.WEIGHTS.archive_member else "")
+            + f" and put {cls.WEIGHTS.filename} in {model_dir}."
+        )
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 4096):
         self.random = weights == RANDOM
@@ -168,6 +193,7 @@ class AestheticScorer(_Head):
 
     MODULE = AestheticMLP
     KIND = "aesthetic"
+    NEMO_PATH = "ttj/sac-logos-ava1-l14-linearMSE/model.safetensors"
     WEIGHTS = WeightFile(
         filename="sac+logos+ava1-l14-linearMSE.pth",
         url="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth",
@@ -180,6 +206,7 @@ class NSFWScorer(_Head):
 
     MODULE = NSFWMLP
     KIND = "nsfw"
+    NEMO_PATH = "laion/clip-autokeras-binary-nsfw/clip_autokeras_binary_nsfw.pth"
     WEIGHTS = WeightFile(
         filename="clip_autokeras_binary_nsfw.pth",
         url="https://github.com/LAION-AI/CLIP-based-NSFW-Detector/files/10250461/clip_autokeras_binary_nsfw.zip",

@@ -5,6 +5,7 @@ out), ``models`` the CLIP embedding and LAION score filters; ``pipeline`` orders
 """
 
 from .base import Stage
+from .executors import DaskExecutor, RayActorPoolExecutor, RayClient, RayDataExecutor, XennaExecutor
 from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
 from .pipeline import Pipeline, PipelineResult
 from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
@@ -12,4 +13,5 @@ from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 __all__ = [
     "Pipeline", "PipelineResult", "Stage", "FilePartitioningStage", "ImageReaderStage", "ImageEmbeddingStage",
     "ImageAestheticFilterStage", "ImageNSFWFilterStage", "ImageWriterStage",
+    "DaskExecutor", "XennaExecutor", "RayDataExecutor", "RayActorPoolExecutor", "RayClient",
 ]

@@ -1,9 +1,9 @@
 """The stage protocol: what a stage is, and what earlier stages tell later ones.
 
 Stage names and parameters follow NeMo Curator's image curation stages, so pipelines written
-for it run here with only the import line changed. Parameters that only make sense for that
-engine's scheduler (``num_gpus_per_worker``, ``task_batch_size``, ``num_threads``) are
-accepted and have no effect: Dask schedules the work here.
+for it run here with only the import lines changed. Its parameters that only steer that engine's
+scheduler (:data:`ENGINE_OPTIONS`) are accepted, have no effect on what is computed, and are
+recorded in the manifest with what they mean under Dask.
 """
 
 from __future__ import annotations
@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 log = logging.getLogger("imgcurate")
-ENGINE_ONLY = ("num_gpus_per_worker", "task_batch_size", "num_threads", "num_workers_per_node")
+# NeMo Curator's scheduling options, and what each means here
+ENGINE_OPTIONS = {
+    "num_gpus_per_worker": "GPU share per worker in NeMo's scheduler; under Dask a local cluster runs one worker per "
+                           "GPU (LocalCUDACluster) and each worker loads each model once",
+    "num_threads": "DALI's CPU threads; imgcurate decodes in a thread pool sized to the machine",
+    "dali_batch_size": "images per DALI batch (and per NeMo output tar group); imgcurate reads whole shards, decodes "
+                       "in model batches, and reshards output across batches",
+    "num_workers_per_node": "workers per node in NeMo's scheduler; the Dask cluster decides",
+    "task_batch_size": "tasks per batch in NeMo's scheduler; Dask runs one task per partition",
+    "resources": "NeMo's per-stage resource request; the Dask cluster's workers decide",
+}
 
 
 @dataclass
@@ -48,16 +58,26 @@ class Stage:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": type(self).__name__, "name": self.name, "parameters": self.parameters()}
+        description = {"stage": type(self).__name__, "name": self.name, "parameters": self.parameters()}
+        engine = getattr(self, "_engine_options", None)
+        if engine:
+            description["engine_options"] = {name: {"value": value, "under_dask": ENGINE_OPTIONS[name]}
+                                             for name, value in engine.items()}
+        return description
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.parameters().items())
         return f"{type(self).__name__}({args})"
 
 
-def ignore_engine_options(stage: Stage, options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(ENGINE_ONLY))
+def accept_engine_options(stage: Stage, options: dict[str, Any], name: str | None = None) -> None:
+    """Keep NeMo's scheduling ``options`` for the manifest (a name not in :data:`ENGINE_OPTIONS` is a
+    TypeError, as a misspelt parameter should be) and the stage's ``name`` label, when given."""
+    unknown = sorted(set(options) - set(ENGINE_OPTIONS))
     if unknown:
         raise TypeError(f"{type(stage).__name__} got unexpected parameters: {', '.join(unknown)}")
+    stage._engine_options = dict(options)
+    if name is not None:
+        stage.name = name
     if options:
-        log.debug("%s: %s have no effect here (Dask schedules the work)", type(stage).__name__, ", ".join(sorted(options)))
+        log.debug("%s: %s only steer NeMo's scheduler (recorded)", type(stage).__name__, ", ".join(sorted(options)))

@@ -9,11 +9,16 @@ from typing import ClassVar
 from ..common import columns as C
 from ..common.errors import PipelineError, check_on_error
 from ..ops.filters import AESTHETIC_SCALE
-from .base import Context, Stage, ignore_engine_options
+from .base import Context, Stage, accept_engine_options
 
 
 class ImageEmbeddingStage(Stage):
-    """CLIP image embeddings (default: OpenAI's ViT-L/14, the model LAION's heads were trained on)."""
+    """CLIP image embeddings (default: OpenAI's ViT-L/14, the model LAION's heads were trained on).
+
+    ``model_dir``: where the CLIP weights are looked up (and downloaded to, when online): open_clip's
+    cache directory for the model. ``remove_image_data=True`` drops image bytes the frame holds
+    once embedded (the writer copies them from the source shards).
+    """
 
     name = "embed"
     provides = (C.EMBEDDING,)
@@ -22,8 +27,8 @@ class ImageEmbeddingStage(Stage):
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", batch_size: int | None = None,
                  device: str | None = None, precision: str | None = None, on_error: str = "report",
                  model_inference_batch_size: int | None = None, model_dir: str | None = None,
-                 remove_image_data: bool | None = None, verbose: bool = False, **engine_options):
-        ignore_engine_options(self, engine_options)
+                 remove_image_data: bool | None = None, verbose: bool = False, name: str | None = None, **engine_options):
+        accept_engine_options(self, engine_options, name)
         self.model_name = model_name
         self.pretrained = pretrained
         self.batch_size = batch_size or model_inference_batch_size
@@ -31,6 +36,7 @@ class ImageEmbeddingStage(Stage):
         self.precision = precision
         self.on_error = on_error
         self.model_dir = model_dir
+        self.remove_image_data = remove_image_data
         self.verbose = verbose
         self._embedder = None
 
@@ -39,7 +45,8 @@ class ImageEmbeddingStage(Stage):
             from ..models import CLIPImageEmbedder
 
             self._embedder = CLIPImageEmbedder(self.model_name, self.pretrained, device=self.device,
-                                               batch_size=self.batch_size, precision=self.precision)
+                                               batch_size=self.batch_size, precision=self.precision,
+                                               cache_dir=self.model_dir)
         return self._embedder
 
     def validate(self, context: Context) -> None:
@@ -56,34 +63,45 @@ class ImageEmbeddingStage(Stage):
     def apply(self, df, context: Context):
         from ..dataframe import embed
 
-        return embed(df, self.embedder(), on_error=self.on_error, storage_options=context.storage_options)
+        df = embed(df, self.embedder(), on_error=self.on_error, storage_options=context.storage_options)
+        if self.remove_image_data and C.IMAGE in df.columns:
+            df = df.drop(columns=[C.IMAGE])
+        return df
 
 
 class _ScoreFilterStage(Stage):
-    """Score with a LAION head, then mark the rows the threshold rejects (scores are kept either way)."""
+    """Score with a LAION head, then mark the rows the threshold rejects (scores are kept either way).
+
+    ``model_dir``: where the head's weight file is looked up: LAION's file name in that directory,
+    or NeMo Curator's layout under it (``ttj/sac-logos-ava1-l14-linearMSE/model.safetensors``,
+    ``laion/clip-autokeras-binary-nsfw/clip_autokeras_binary_nsfw.pth``).
+    """
 
     requires = (C.EMBEDDING,)
+    kind: ClassVar[str]  # the head (models.heads.HEADS) and the keep rule (ops.filters.KEEP_RULES)
     score_column: ClassVar[str]
     scale: ClassVar[tuple[float, float]]
 
     def __init__(self, score_threshold: float | None = None, weights: str | None = None, device: str | None = None,
                  model_dir: str | None = None, model_inference_batch_size: int | None = None, verbose: bool = False,
-                 **engine_options):
-        ignore_engine_options(self, engine_options)
+                 name: str | None = None, **engine_options):
+        accept_engine_options(self, engine_options, name)
         self.score_threshold = score_threshold
         self.weights = weights
         self.device = device
         self.model_dir = model_dir
+        self.model_inference_batch_size = model_inference_batch_size
         self.verbose = verbose
         self._scorer = None
 
     def scorer(self):
-        """The LAION head named like the stage (built once, on first use)."""
+        """The LAION head of this stage's kind (built once, on first use)."""
         if self._scorer is None:
             from ..models.heads import HEADS
 
-            head = HEADS[self.name]
-            self._scorer = head(self.weights or _in_dir(self.model_dir, head), device=self.device)
+            head = HEADS[self.kind]
+            options = {"batch_size": self.model_inference_batch_size} if self.model_inference_batch_size else {}
+            self._scorer = head(self.weights or head.in_directory(self.model_dir), device=self.device, **options)
         return self._scorer
 
     def score(self, df):
@@ -117,13 +135,13 @@ class _ScoreFilterStage(Stage):
         df = self.score(df)
         if self.score_threshold is None:
             return df
-        return dataframe.mark_below_threshold(df, self.score_column, self.name, self.score_threshold, self.name)
+        return dataframe.mark_below_threshold(df, self.score_column, self.kind, self.score_threshold, self.name)
 
 
 class ImageAestheticFilterStage(_ScoreFilterStage):
     """LAION aesthetic score; keeps images scoring at least ``score_threshold`` (LAION's ~1–10 scale)."""
 
-    name = "aesthetic"
+    name = kind = "aesthetic"
     score_column = C.AESTHETIC_SCORE
     scale = AESTHETIC_SCALE
 
@@ -137,15 +155,11 @@ class ImageAestheticFilterStage(_ScoreFilterStage):
 class ImageNSFWFilterStage(_ScoreFilterStage):
     """LAION NSFW score in [0, 1]; keeps images scoring below ``score_threshold``."""
 
-    name = "nsfw"
+    name = kind = "nsfw"
     score_column = C.NSFW_SCORE
     scale = (0.0, 1.0)
 
-
-def _in_dir(model_dir: str | None, scorer_class) -> str | None:
-    """NeMo-style ``model_dir``: the weight file under that directory, if one is given."""
-    if model_dir is None:
-        return None
-    import os
-
-    return os.path.join(model_dir, scorer_class.WEIGHTS.filename)
+    def __init__(self, score_threshold: float | None = None, weights: str | None = None, *args,
+                 weights_path: str | None = None, **kwargs):
+        # NeMo Curator declares weights_path and never reads it; here it names the weight file
+        super().__init__(score_threshold, weights or weights_path, *args, **kwargs)

@@ -111,9 +111,11 @@ class Pipeline:
     weights, thresholds), so a mistake fails in seconds, not after hours of embedding.
     """
 
-    def __init__(self, name: str = "pipeline", description: str | None = None, stages: list[Stage] | None = None):
+    def __init__(self, name: str = "pipeline", description: str | None = None, stages: list[Stage] | None = None,
+                 config: dict[str, Any] | None = None):
         self.name = name
         self.description = description
+        self.config = config  # NeMo Curator's per-pipeline settings: recorded in the manifest
         self.stages: list[Stage] = []
         for stage in stages or ():
             self.add_stage(stage)
@@ -177,13 +179,28 @@ class Pipeline:
     # -- running ------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "stages": [s.describe() for s in self.stages]}
+        description = {"name": self.name, "description": self.description, "stages": [s.describe() for s in self.stages]}
+        if self.config:
+            description["config"] = self.config
+        return description
 
-    def run(self, client=None, *, scheduler: str | None = None) -> PipelineResult:
+    def run(self, executor=None, initial_tasks=None, checkpoint_path=None, *, client=None,
+            scheduler: str | None = None) -> PipelineResult:
         """Run on ``client`` (a ``distributed.Client``), else on ``scheduler`` / ``$IMGCURATE_SCHEDULER``,
-        else on a local cluster started for this run."""
+        else on the active Dask client, else on the scheduler chosen for the input (a local cluster
+        for large inputs). ``executor`` may be a ``distributed.Client`` or one of NeMo Curator's
+        executors (:mod:`~imgcurate.stages.executors`), which run on Dask the same way.
+        NeMo's ``initial_tasks`` and ``checkpoint_path`` have no counterpart here (the first stage
+        lists the inputs; a rerun replaces an interrupted output): they are recorded, with a warning.
+        """
         from ..common.cluster import dask_client
+        from .executors import DaskExecutor
 
+        engine = self._engine_record(executor, initial_tasks, checkpoint_path)
+        if isinstance(executor, DaskExecutor):
+            client, scheduler = client or executor.client, scheduler or executor.scheduler
+        elif executor is not None:
+            client = executor  # a distributed.Client, as run(client) always took
         context = self.validate()
         writer: ImageWriterStage = self.stages[-1]  # type: ignore[assignment]
         verbose = writer.verbose or any(getattr(s, "verbose", False) for s in self.stages)
@@ -192,7 +209,7 @@ class Pipeline:
             df, context = self.build(context)
 
             def manifest_extra(counts: dict[str, Any]) -> dict[str, Any]:
-                return {"pipeline": self.describe(), "models": context.models,
+                return {"pipeline": {**self.describe(), **engine}, "models": context.models,
                         "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts)}
 
             written = writer.write(df, context, manifest_extra)
@@ -200,6 +217,23 @@ class Pipeline:
         if verbose:
             print(result)
         return result
+
+    @staticmethod
+    def _engine_record(executor, initial_tasks, checkpoint_path) -> dict[str, Any]:
+        """What the manifest says of NeMo's run arguments."""
+        from .executors import DaskExecutor
+
+        record: dict[str, Any] = {}
+        if isinstance(executor, DaskExecutor):
+            record["executor"] = executor.describe()
+        if initial_tasks:
+            log.warning("initial_tasks have no effect here: FilePartitioningStage lists the input shards")
+            record["initial_tasks"] = {"value": repr(initial_tasks)[:200], "under_dask": "no effect"}
+        if checkpoint_path is not None:
+            log.warning("checkpoint_path has no effect here: a rerun into the same output directory replaces an "
+                        "interrupted run")
+            record["checkpoint_path"] = {"value": str(checkpoint_path), "under_dask": "no effect"}
+        return record
 
     # -- configuration files ------------------------------------------------------------
 

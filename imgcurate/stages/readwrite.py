@@ -6,33 +6,65 @@ import math
 from typing import Any, Sequence
 
 from ..common.errors import PipelineError, check_on_error
-from .base import Context, Stage, ignore_engine_options
+from .base import Context, Stage, accept_engine_options
+
+SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+
+
+def _bytes(size: int | str) -> int:
+    """``blocksize`` as bytes: a number, or text such as ``"512MB"`` / ``"1GiB"``."""
+    from dask.utils import parse_bytes
+
+    return int(parse_bytes(size)) if isinstance(size, str) else int(size)
 
 
 class FilePartitioningStage(Stage):
-    """Find the input shards; ``files_per_partition`` shards become one partition."""
+    """Find the input shards; ``files_per_partition`` shards (or about ``blocksize`` bytes of them) become
+    one partition; ``limit`` keeps the first partitions only."""
 
     name = "partition"
 
-    def __init__(self, file_paths: str | Sequence[str], files_per_partition: int = 1,
-                 file_extensions: Sequence[str] = (".tar",), storage_options: dict | None = None, **engine_options):
-        ignore_engine_options(self, engine_options)
+    def __init__(self, file_paths: str | Sequence[str], files_per_partition: int | None = None,
+                 blocksize: int | str | None = None, file_extensions: Sequence[str] | None = None,
+                 storage_options: dict | None = None, limit: int | None = None, name: str | None = None, **engine_options):
+        accept_engine_options(self, engine_options, name)
         self.file_paths = file_paths
         self.files_per_partition = files_per_partition
-        self.file_extensions = tuple(file_extensions)
+        self.blocksize = blocksize
+        self.file_extensions = tuple(file_extensions) if file_extensions is not None else SHARD_EXTENSIONS
         self.storage_options = storage_options
+        self.limit = limit
 
     def validate(self, context: Context) -> None:
         from ..io.paths import expand_shards
 
-        if not isinstance(self.files_per_partition, int) or self.files_per_partition < 1:
+        if self.files_per_partition is not None and self.blocksize is not None:
+            raise PipelineError("give files_per_partition or blocksize, not both")
+        per_partition = 1 if self.files_per_partition is None else self.files_per_partition
+        if isinstance(per_partition, bool) or not isinstance(per_partition, int) or per_partition < 1:
             raise PipelineError(f"files_per_partition must be a positive integer, got {self.files_per_partition!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise PipelineError(f"limit must be a positive integer, got {self.limit!r}")
         try:
-            context.shards = expand_shards(self.file_paths, self.storage_options, suffixes=self.file_extensions)
+            shards = expand_shards(self.file_paths, self.storage_options, suffixes=self.file_extensions)
+            if self.blocksize is not None:
+                per_partition = self._files_per_block(shards)
         except (FileNotFoundError, ValueError) as exc:
             raise PipelineError(f"input: {exc}") from exc
-        context.files_per_partition = self.files_per_partition
+        context.shards = shards[: self.limit * per_partition] if self.limit else shards
+        context.files_per_partition = per_partition
         context.storage_options = self.storage_options
+
+    def _files_per_block(self, shards: list[str]) -> int:
+        """How many shards of the mean size (of the first 64) make about ``blocksize`` bytes."""
+        from ..io.paths import filesystem
+
+        block = _bytes(self.blocksize)
+        if block < 1:
+            raise ValueError(f"blocksize must be positive, got {self.blocksize!r}")
+        sizes = [filesystem(url, self.storage_options)[0].size(filesystem(url, self.storage_options)[1]) for url in shards[:64]]
+        mean = sum(sizes) / len(sizes) if sizes else block
+        return max(1, round(block / max(mean, 1)))
 
 
 class ImageReaderStage(Stage):
@@ -42,8 +74,8 @@ class ImageReaderStage(Stage):
     failure_reasons = ("truncated_sample",)
 
     def __init__(self, with_images: bool = False, sidecar_parquet: bool | str = "auto", on_error: str = "report",
-                 verbose: bool = False, **engine_options):
-        ignore_engine_options(self, engine_options)
+                 verbose: bool = False, name: str | None = None, **engine_options):
+        accept_engine_options(self, engine_options, name)
         self.with_images = with_images
         self.sidecar_parquet = sidecar_parquet
         self.on_error = on_error
@@ -66,14 +98,18 @@ class ImageReaderStage(Stage):
 
 
 class ImageWriterStage(Stage):
-    """Write WebDataset shards of exactly ``images_per_tar`` samples plus Parquet metadata."""
+    """Write WebDataset shards of exactly ``images_per_tar`` samples plus Parquet metadata.
+
+    ``remove_image_data=False`` also keeps each image's bytes in the Parquet metadata.
+    ``deterministic_name`` is accepted for NeMo: names here are always deterministic (``00000.tar``, …).
+    """
 
     name = "write"
 
     def __init__(self, output_dir: str, images_per_tar: int = 1000, remove_image_data: bool = True, verbose: bool = False,
                  overwrite: bool = False, keep_dropped: bool = False, storage_options: dict | None = None,
-                 deterministic_name: bool = True, **engine_options):
-        ignore_engine_options(self, engine_options)
+                 deterministic_name: bool = True, name: str | None = None, **engine_options):
+        accept_engine_options(self, engine_options, name)
         self.output_dir = output_dir
         self.images_per_tar = images_per_tar
         self.remove_image_data = remove_image_data
@@ -81,18 +117,19 @@ class ImageWriterStage(Stage):
         self.overwrite = overwrite
         self.keep_dropped = keep_dropped
         self.storage_options = storage_options
-        self.deterministic_name = deterministic_name  # names are always deterministic here
+        self.deterministic_name = deterministic_name
 
     def validate(self, context: Context) -> None:
-        from ..io.paths import filesystem
         from ..io.outputdir import check_output_dir
+        from ..io.paths import filesystem, full_url
+        from ..io.writer import check_images_per_tar, refuse_inputs_inside_output
 
-        if isinstance(self.images_per_tar, bool) or not isinstance(self.images_per_tar, int) or self.images_per_tar < 1:
-            raise PipelineError(f"images_per_tar must be a positive integer, got {self.images_per_tar!r}")
-        fs, root = filesystem(self.output_dir, self.storage_options)
         try:
+            check_images_per_tar(self.images_per_tar)
+            fs, root = filesystem(self.output_dir, self.storage_options)
+            refuse_inputs_inside_output(context.shards, full_url(fs, root))
             check_output_dir(fs, root, self.overwrite)
-        except (FileExistsError, NotADirectoryError) as exc:
+        except (ValueError, FileExistsError, NotADirectoryError) as exc:
             raise PipelineError(str(exc)) from exc
 
     def write(self, df, context: Context, manifest_extra: dict[str, Any]):
