@@ -21,7 +21,7 @@ from typing import Iterator
 
 import dask
 
-from .backend import cuda_available
+from .backend import cuda_cluster_wanted
 
 SCHEDULER_ENV = "IMGCURATE_SCHEDULER"
 IN_PROCESS = ("threads", "sync", "synchronous", "processes")
@@ -34,7 +34,7 @@ def scheduler_from(scheduler: str | None = None) -> str | None:
 
 def local_cluster(n_workers: int | None = None, memory_limit: str = "auto"):
     """A cluster on this machine: one worker per GPU with dask-cuda, else one process per core."""
-    if cuda_available():
+    if cuda_cluster_wanted():
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
