@@ -88,7 +88,7 @@ def test_orientation_on_tensors_is_pillows(cases):
     for k in range(1, 9):
         data = cases[f"exif {k}"] if k > 1 else cases["baseline"]
         image = Image.open(io.BytesIO(data))
-        raw = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)  # as decoded, EXIF not applied
+        raw = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)  # as decoded, EXIF not applied
         expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         turned = orient(raw, nvjpeg_route(image, data, Preprocess()).orientation).permute(1, 2, 0).numpy()
         assert turned.shape == expected.shape and np.array_equal(turned, expected), k
