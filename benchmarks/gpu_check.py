@@ -206,7 +206,11 @@ def step_install(args: argparse.Namespace, info: dict, work: Path) -> tuple[dict
                    f"missing now: {', '.join(missing) or 'none'}"), info
     started = time.perf_counter()
     before = dict(info.get("versions", {}))
-    out = subprocess.run(command, capture_output=True, text=True, timeout=CHECKS[1][2] - 20)
+    deadline = time.perf_counter() + CHECKS[1][2] - 30
+    returncode, error = pip(command, deadline)
+    if returncode:  # one package that cannot be had must not keep the others out: one at a time
+        for requirement in wanted:
+            pip(pip_command(args, [requirement], constraints), deadline)
     after = probe(args)
     still = [name for name, present in after.get("modules", {}).items() if not present]
     changed = [f"{name} {before.get(name)}->{version}" for name, version in after.get("versions", {}).items()
@@ -215,11 +219,22 @@ def step_install(args: argparse.Namespace, info: dict, work: Path) -> tuple[dict
     note = f"{plan}; installed: {', '.join(installed) or 'nothing'}; versions changed: {', '.join(changed) or 'none'}"
     if still:
         note += f"; still missing (their checks skip): {', '.join(still)}"
-    if out.returncode:
-        note += f"; pip failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:300]}"
-    status = "ok" if out.returncode == 0 and not still else "failed"
+    if returncode:
+        note += f"; pip failed: {error[:300]}"
+    status = "ok" if returncode == 0 and not still else "failed"
     return row("install", status, f"{len(installed)} installed, {len(still)} missing", note,
                time.perf_counter() - started), after
+
+
+def pip(command: list[str], deadline: float) -> tuple[int, str]:
+    """Run pip until ``deadline`` (perf_counter time): its exit status and last error line."""
+    if time.perf_counter() >= deadline:
+        return 1, "out of time"
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=deadline - time.perf_counter())
+    except subprocess.TimeoutExpired:
+        return 1, "out of time"
+    return out.returncode, (out.stderr.strip().splitlines() or [""])[-1]
 
 
 def run_child(args: argparse.Namespace, name: str, work: Path, timeout: int) -> dict:
