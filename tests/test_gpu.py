@@ -2,7 +2,7 @@
 
 Marked ``gpu``; each skips without a CUDA GPU, and the cuDF ones without cuDF
 (``pip install 'imgcurate[gpu]'``, see docs/gpu.md). Only the Arrow conversion the cuDF backend
-relies on runs without a GPU.
+relies on runs without a GPU (and tests/test_cudf_layout.py checks it on every kind of partition).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from imgcurate.common.backend import Backend, _binary_to_lists, _lists_to_binary, cuda_available
+from imgcurate.common.backend import BYTES, Backend, cuda_available, from_cudf_layout, to_cudf_layout
 from imgcurate.io.reader import read_webdataset
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
@@ -34,10 +34,10 @@ def test_arrow_conversion_for_cudf_keeps_image_bytes(photo_dataset):
     _, samples = photo_dataset
     table = image_table(samples)
     for piece in (table, table.slice(2), table.slice(3, 4), pa.concat_tables([table.slice(5), table.slice(0, 2)])):
-        lists = _binary_to_lists(piece)
-        assert lists.schema.field("image").type == pa.list_(pa.uint8())
+        lists = to_cudf_layout(piece)
+        assert lists.schema.field("image").type == BYTES
         assert lists.column("image").to_pylist() == [None if b is None else list(b) for b in piece.column("image").to_pylist()]
-        assert _lists_to_binary(lists).equals(piece)
+        assert from_cudf_layout(lists).equals(piece)
 
 
 @pytest.mark.gpu

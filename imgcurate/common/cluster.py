@@ -24,7 +24,7 @@ from typing import Iterator, Literal, Sequence
 
 import dask
 
-from .backend import cuda_available
+from .backend import cuda_cluster_wanted
 
 SCHEDULER_ENV = "IMGCURATE_SCHEDULER"
 IN_PROCESS = ("threads", "sync", "synchronous", "processes")
@@ -79,7 +79,7 @@ def default_scheduler(work: Work, shards: Sequence[str] | None = None, storage_o
 
 def local_cluster(n_workers: int | None = None, memory_limit: str = "auto"):
     """A cluster on this machine: one worker per GPU with dask-cuda, else one process per core."""
-    if cuda_available():
+    if cuda_cluster_wanted():
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:

@@ -12,8 +12,9 @@ A sample is one row. Columns in order of appearance (see README, "Dataframe colu
 * ``source_shard``, ``source_index`` (sample order in its shard);
 * ``error``, ``error_member``, ``error_detail``: set on failure rows only;
 * ``_image_offset``: where the image bytes start in the (decompressed) source shard, so the
-  writer and the decoder can fetch them by byte range. Columns starting with ``_`` are
-  internal and never written.
+  writer and the decoder can fetch them by byte range; ``_arrow_schema``: on the cudf backend
+  only, the partition's Arrow schema (see :func:`imgcurate.common.backend.to_cudf_layout`).
+  Columns starting with ``_`` are internal and never written.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ ERROR = "error"
 ERROR_MEMBER = "error_member"
 ERROR_DETAIL = "error_detail"
 IMAGE_OFFSET = "_image_offset"
+ARROW_SCHEMA = "_arrow_schema"
 DROPPED_BY = "dropped_by"
 EMBEDDING = "embedding"
 EMBEDDING_MODEL = "embedding_model"  # CLIPModel.model_id of what made `embedding` (and `text_embedding`)

@@ -13,8 +13,11 @@ Bad bytes never raise out of :func:`decode_batch`: each failure comes back as a
 :class:`DecodeFailure` with a reason code (``decode_error``, ``image_too_large``). The pixel limit
 is checked from the image header, before any pixel is decoded.
 
-On CUDA, :func:`decode_batch_cuda` decodes JPEGs with nvJPEG (``torchvision.io.decode_jpeg`` on
-the GPU) and resizes on the GPU; other formats take the CPU path.
+For a model on a GPU, :func:`decode_batch_on_device` decodes JPEGs with nvJPEG
+(``torchvision.io.decode_jpeg`` on the GPU) and resizes them there, in batches whose
+full-resolution pixels fit a byte budget (:func:`plan_gpu_batches`). Which images go there is
+decided per image from the header (:func:`nvjpeg_route`): only those nvJPEG decodes as the CPU path
+does; EXIF orientation is applied on the GPU (:func:`orient`), everything else takes the CPU path.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..common.backend import decoder_for
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
@@ -144,54 +149,190 @@ def decode_batch(images: Sequence[bytes], prep: Preprocess) -> list[np.ndarray |
     return list(decode_pool().map(_decode_or_failure, images, [prep] * len(images)))
 
 
-def decode_batch_cuda(images: Sequence[bytes], prep: Preprocess, device: str = "cuda") -> list:
-    """nvJPEG on the GPU for JPEGs, the CPU path for the rest; items are uint8 CUDA tensors (size, size, 3)
-    or :class:`DecodeFailure`."""
+# GPU decoding keeps at most this many bytes of full-resolution pixels on the device at once (one
+# image larger than that is decoded alone); see docs/gpu.md for the whole bound per worker
+GPU_DECODE_BYTES = 256 * 2**20
+_ORIENTATIONS = range(1, 9)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an image is decoded when its model runs on a GPU, decided from its header alone.
+
+    ``cpu_reason`` is None for JPEGs nvJPEG decodes as the CPU path would (after :func:`orient`),
+    else why the CPU decoder takes the image. ``channels`` × ``pixels`` bytes is its size decoded
+    at full resolution; ``orientation`` its EXIF orientation (1–8, 1 when it has none)."""
+
+    cpu_reason: str | None
+    pixels: int = 0
+    channels: int = 3
+    orientation: int = 1
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.pixels * self.channels
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation :func:`ImageOps.exif_transpose` applies (1 when none, or not one of 1–8)."""
+    orientation = image.getexif().get(0x0112, 1)
+    return orientation if orientation in _ORIENTATIONS else 1
+
+
+def nvjpeg_route(image: Image.Image, data: bytes, prep: Preprocess) -> Route:
+    """Whether nvJPEG can decode ``image`` (opened by :func:`_open`, header only) the way :func:`decode_image` does.
+
+    The CPU path applies EXIF orientation, converts CMYK and Adobe-RGB JPEGs with libjpeg's rules,
+    decodes progressive JPEGs at reduced scale, and refuses truncated files. nvJPEG ignores EXIF (the
+    orientation is applied on the GPU afterwards, :func:`orient`) and its colour conversion assumes
+    YCbCr or grey, and it decodes progressive JPEGs one at a time with the Huffman stage on the host:
+    those, CMYK, RGB-coded JPEGs, files without an end-of-image marker and resize modes other than
+    open_clip's default go to the CPU decoder, so the result does not depend on where it ran.
+    """
+    pixels = image.size[0] * image.size[1]
+    if image.format != "JPEG":
+        return Route(f"{image.format or 'unknown'} image", pixels)
+    if prep.resize_mode != "shortest":
+        return Route(f"resize mode {prep.resize_mode}", pixels)
+    if image.mode not in ("RGB", "L"):
+        return Route(f"{image.mode} JPEG", pixels)
+    if image.info.get("progressive"):
+        return Route("progressive JPEG", pixels)
+    component_ids = tuple(layer[0] for layer in getattr(image, "layer", ()))
+    if image.mode == "RGB" and (image.info.get("adobe_transform") == 0 or component_ids == (82, 71, 66)):  # "R", "G", "B"
+        return Route("RGB-coded JPEG", pixels)
+    if not data.rstrip(b"\0")[-2:] == b"\xff\xd9":
+        return Route("no end-of-image marker", pixels)
+    try:
+        orientation = _orientation(image)
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on bad EXIF; the CPU path then decides
+        return Route("unreadable EXIF", pixels)
+    return Route(None, pixels, 1 if image.mode == "L" else 3, orientation)
+
+
+def plan_gpu_batches(decoded_bytes: Sequence[int], budget: int = GPU_DECODE_BYTES) -> list[list[int]]:
+    """Positions of images grouped, in order, into batches decoded together on the GPU: each batch's
+    full-resolution pixels fit in ``budget`` bytes, except an image larger than the budget, which is a batch alone."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    held = 0
+    for position, size in enumerate(decoded_bytes):
+        if current and held + size > budget:
+            batches.append(current)
+            current, held = [], 0
+        current.append(position)
+        held += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def orient(pixels, orientation: int):
+    """A (channels, height, width) torch tensor turned as :func:`ImageOps.exif_transpose` turns an
+    image with EXIF ``orientation`` (1–8)."""
     import torch
-    import torchvision.io as tvio
+
+    if orientation == 2:
+        return pixels.flip(2)
+    if orientation == 3:
+        return pixels.flip((1, 2))
+    if orientation == 4:
+        return pixels.flip(1)
+    if orientation == 5:
+        return pixels.transpose(1, 2)
+    if orientation == 6:
+        return torch.rot90(pixels, -1, (1, 2))
+    if orientation == 7:
+        return pixels.transpose(1, 2).flip((1, 2))
+    if orientation == 8:
+        return torch.rot90(pixels, 1, (1, 2))
+    return pixels
+
+
+def finish_on_device(pixels, orientation: int, prep: Preprocess):
+    """A decoded (channels, height, width) uint8 tensor → the model's (size, size, 3) uint8 pixels on
+    the same device: EXIF orientation, grey to RGB, bicubic antialiased resize of the shorter side, centre crop."""
+    import torch
     from torch.nn.functional import interpolate
 
+    pixels = orient(pixels, orientation)
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)
+    height, width = pixels.shape[1:]
+    target_w, target_h = _resized_size(width, height, prep.size, "shortest")
+    if (target_w, target_h) != (width, height):
+        pixels = interpolate(pixels[None].float(), size=(target_h, target_w), mode=prep.interpolation,
+                             antialias=True, align_corners=False).clamp_(0, 255).round_().to(torch.uint8)[0]
+    top, left = int(round((target_h - prep.size) / 2.0)), int(round((target_w - prep.size) / 2.0))
+    return pixels[:, top : top + prep.size, left : left + prep.size].permute(1, 2, 0).contiguous()
+
+
+def _decode_jpegs(data: list, grey: list[bool], device: str) -> list:
+    """torchvision's ``decode_jpeg`` on ``device`` (nvJPEG on CUDA) for a batch, greyscale images kept as
+    one channel; a batch that fails is decoded image by image, and an image that fails is None."""
+    import torchvision.io as tvio
+
+    decoded: list = [None] * len(data)
+    for mode, wanted in ((tvio.ImageReadMode.RGB, False), (tvio.ImageReadMode.GRAY, True)):
+        rows = [i for i, is_grey in enumerate(grey) if is_grey == wanted]
+        if not rows:
+            continue
+        try:
+            for row, image in zip(rows, tvio.decode_jpeg([data[i] for i in rows], mode=mode, device=device)):
+                decoded[row] = image
+        except RuntimeError:  # one image nvJPEG cannot decode fails the whole batch
+            for row in rows:
+                try:
+                    decoded[row] = tvio.decode_jpeg(data[row], mode=mode, device=device)
+                except RuntimeError:
+                    decoded[row] = None
+    return decoded
+
+
+def decode_batch_on_device(images: Sequence[bytes], prep: Preprocess, device: str = "cuda",
+                           budget: int = GPU_DECODE_BYTES) -> list:
+    """Decode for a model on ``device``: the JPEGs :func:`nvjpeg_route` sends there are decoded by
+    torchvision on that device (nvJPEG on CUDA) in batches of at most ``budget`` bytes of full-resolution
+    pixels, each image resized before the next batch is decoded; the rest, and any image the device
+    decoder refuses, take the CPU path. Items are uint8 tensors (size, size, 3) on ``device``, or
+    :class:`DecodeFailure` (from the CPU path, so failures are the same wherever the model runs)."""
+    import torch
+
     results: list = [None] * len(images)
-    jpeg_rows, jpeg_data = [], []
+    on_device: list[tuple[int, Route]] = []
     for i, data in enumerate(images):
         try:
             image = _open(data, prep)
         except DecodeFailure as failure:
             results[i] = failure
             continue
-        if image.format == "JPEG" and image.mode in ("RGB", "L") and prep.resize_mode == "shortest":
-            jpeg_rows.append(i)
-            jpeg_data.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    if jpeg_data:
-        try:
-            decoded = tvio.decode_jpeg(jpeg_data, mode=tvio.ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-        except RuntimeError:  # one bad image fails the whole nvJPEG batch: decode them one by one
-            decoded = []
-            for data in jpeg_data:
-                try:
-                    decoded.append(tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device, apply_exif_orientation=True))
-                except RuntimeError as exc:
-                    decoded.append(DecodeFailure("decode_error", str(exc)))
-        for row, image in zip(jpeg_rows, decoded):
-            if isinstance(image, DecodeFailure):
-                results[row] = image
-                continue
-            height, width = image.shape[1:]
-            target_w, target_h = _resized_size(width, height, prep.size, "shortest")
-            resized = interpolate(image[None].float(), size=(target_h, target_w), mode=prep.interpolation,
-                                  antialias=True, align_corners=False).clamp_(0, 255).round_().to(torch.uint8)[0]
-            top, left = int(round((target_h - prep.size) / 2.0)), int(round((target_w - prep.size) / 2.0))
-            results[row] = resized[:, top : top + prep.size, left : left + prep.size].permute(1, 2, 0)
-    rest = [i for i, r in enumerate(results) if r is None]
+        route = nvjpeg_route(image, data, prep)
+        if route.cpu_reason is None:
+            on_device.append((i, route))
+    for batch in plan_gpu_batches([route.decoded_bytes for _, route in on_device], budget):
+        chosen = [on_device[position] for position in batch]
+        decoded = _decode_jpegs([torch.frombuffer(bytearray(images[row]), dtype=torch.uint8) for row, _ in chosen],
+                                [route.channels == 1 for _, route in chosen], device)
+        for j, (row, route) in enumerate(chosen):
+            if decoded[j] is not None:
+                results[row] = finish_on_device(decoded[j], route.orientation, prep)
+                decoded[j] = None  # the full-resolution pixels go as soon as the image is resized
+    rest = [i for i, result in enumerate(results) if result is None]
     for i, pixels in zip(rest, decode_batch([images[i] for i in rest], prep)):
         results[i] = pixels if isinstance(pixels, DecodeFailure) else torch.from_numpy(pixels).to(device)
     return results
 
 
+def decode_batch_cuda(images: Sequence[bytes], prep: Preprocess, device: str = "cuda") -> list:
+    """:func:`decode_batch_on_device` on a CUDA device (nvJPEG)."""
+    return decode_batch_on_device(images, prep, device)
+
+
 def decode_for_device(images: Sequence[bytes], prep: Preprocess, device: str) -> list:
-    """Decode where the model runs: nvJPEG when it runs on CUDA, the CPU thread pool otherwise."""
-    if str(device).startswith("cuda"):
-        return decode_batch_cuda(images, prep, device)
+    """Decode where the model runs, with the decoder the backend chooses for ``device``
+    (:func:`imgcurate.common.backend.decoder_for`): nvJPEG for a GPU, the CPU thread pool otherwise."""
+    if decoder_for(device) == "nvjpeg":
+        return decode_batch_on_device(images, prep, device)
     return decode_batch(images, prep)
 
 

@@ -27,7 +27,9 @@ from ..common.errors import Failure
 from .decode import DecodeFailure, Preprocess, decode_for_device
 from .rows import decode_failure, fetch_readable, in_play, record_failures, set_column
 
-CHUNK_BATCHES = 4  # images decoded at a time = this × the model's batch size (bounds memory)
+# images decoded at a time = this × the model's batch size (bounds the decoded crops held; on a GPU the
+# full-resolution pixels are further bounded by ops.decode.GPU_DECODE_BYTES, see docs/gpu.md)
+CHUNK_BATCHES = 4
 
 
 def _scatter(data: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..common import columns as C
-from ..common.backend import backend_of
+from ..common.backend import arrow_mask, backend_of
 from .sql import where_mask
 
 AESTHETIC_SCALE = (1.0, 10.0)
@@ -37,7 +37,7 @@ def mark_dropped(frame, keep, stage: str):
     """Set ``dropped_by=stage`` on rows where ``keep`` is false and that are still in play."""
     backend = backend_of(frame)
     table = backend.to_arrow(frame)
-    keep = as_arrow_mask(keep)
+    keep = arrow_mask(keep)
     dropped_by = table.column(C.DROPPED_BY) if C.DROPPED_BY in table.column_names else pa.nulls(len(table), pa.string())
     errors = table.column(C.ERROR) if C.ERROR in table.column_names else pa.nulls(len(table), pa.string())
     in_play = pc.and_(pc.is_null(dropped_by), pc.is_null(errors))
@@ -57,19 +57,6 @@ def mark_below_threshold(frame, column: str, rule: str, threshold: float, stage:
     """:func:`mark_dropped` with one of :data:`KEEP_RULES` applied to ``column`` in the same partition
     (a row without a score, e.g. a failure, is never kept by the rule but is already counted as failed)."""
     return mark_dropped(frame, KEEP_RULES[rule](frame[column], threshold), stage)
-
-
-def as_arrow_mask(keep) -> pa.Array:
-    """A boolean mask from pandas, cuDF, numpy, cupy or Arrow values; missing means false."""
-    if isinstance(keep, (pa.Array, pa.ChunkedArray)):
-        mask = keep
-    elif hasattr(keep, "to_arrow"):  # cuDF
-        mask = keep.to_arrow()
-    elif type(keep).__module__.startswith("cupy"):
-        mask = pa.array(keep.get())
-    else:
-        mask = pa.array(keep, from_pandas=True)
-    return pc.fill_null(mask.cast(pa.bool_()), False)
 
 
 def mark_where(frame, predicate: str, stage: str = "where"):
