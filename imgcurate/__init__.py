@@ -29,6 +29,7 @@ _PUBLIC = {
     "validate_images": "imgcurate.dataframe",
     "sql": "imgcurate.dataframe.sql",
     "show": "imgcurate.app.display",
+    "make_sample_dataset": "imgcurate.app.sample_data",
     "CLIPModel": "imgcurate.models",
     "CLIPImageEmbedder": "imgcurate.models",
     "AestheticScorer": "imgcurate.models",

@@ -2,6 +2,12 @@
 
 Fixture shards are written with Python's own ``tarfile`` (not imgcurate's writer), so the
 reader is tested against an independent producer.
+
+The real photos and the webdataset project's test shards live beside the checkout (or where
+``$IMGCURATE_TEST_DATA`` points). Where they are missing, the photos are replaced by 30 generated
+JPEGs of the same sizes and kind, so the suite runs on a clean clone; the tests that need the
+webdataset project's own shards skip, saying so. With ``IMGCURATE_REQUIRE_TEST_DATA=1`` (CI sets
+it) missing data fails the tests that need it instead.
 """
 
 from __future__ import annotations
@@ -30,18 +36,67 @@ def pytest_configure(config):
     os.environ.pop("IMGCURATE_SCHEDULER", None)
 
 
+REQUIRE_DATA = os.environ.get("IMGCURATE_REQUIRE_TEST_DATA", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """Fail where the test data must be there (CI), else skip, saying what is missing and where."""
+    message = f"{what} (set IMGCURATE_TEST_DATA to the directory that holds photos/ and webdataset-testdata/)"
+    if REQUIRE_DATA:
+        pytest.fail(f"required test data is missing: {message}", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
-def photos() -> list[Path]:
+def photos(tmp_path_factory) -> list[Path]:
+    """The 30 real photos; where they are missing (and not required), 30 generated stand-ins."""
+    paths = sorted(PHOTOS.glob("*.jpg"))
+    if len(paths) >= 30:
+        return paths
+    if REQUIRE_DATA:
+        missing(f"the real photos are missing from {PHOTOS}")
+    return generated_photos(tmp_path_factory.mktemp("generated-photos"))
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> list[Path]:
+    """The 30 real photos, for the claims made about real photographs (no stand-ins)."""
     paths = sorted(PHOTOS.glob("*.jpg"))
     if len(paths) < 30:
-        pytest.skip(f"the real photos are missing from {PHOTOS}")
+        missing(f"the real photos are missing from {PHOTOS}")
+    return paths
+
+
+def generated_photos(directory: Path, count: int = 30) -> list[Path]:
+    """JPEGs like the real photos: up to 640 px on the long side, landscape and portrait, quality 88,
+    smooth gradients with shapes and noise (so they compress and downscale like photographs)."""
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(20261204)
+    paths = []
+    for i in range(count):
+        long_side, ratio = int(rng.integers(360, 641)), float(rng.uniform(0.45, 0.9))
+        width, height = (long_side, int(long_side * ratio)) if i % 3 else (int(long_side * ratio), long_side)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        colours = rng.uniform(0, 255, (2, 3))
+        t = (xx / width * rng.uniform(0.3, 1) + yy / height * rng.uniform(0.3, 1))[..., None] / 2
+        pixels = colours[0] * (1 - t) + colours[1] * t + rng.normal(0, 6, (height, width, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(3, 9))):
+            x, y, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(10, max(11, height // 3)))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.5))))
+        path = directory / f"generated-{i:02d}.jpg"
+        image.save(path, format="JPEG", quality=88)
+        paths.append(path)
     return paths
 
 
 @pytest.fixture(scope="session")
 def wds_testdata() -> Path:
     if not (WDS_TESTDATA / "sample.tgz").exists():
-        pytest.skip(f"webdataset test shards are missing from {WDS_TESTDATA}")
+        missing(f"the webdataset project's test shards are missing from {WDS_TESTDATA}")
     return WDS_TESTDATA
 
 

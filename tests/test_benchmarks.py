@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -32,12 +33,23 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, photos):
+def photo_env(tmp_path_factory, photos) -> dict[str, str]:
+    """The environment of a benchmark run: its images are drawn from the photos, the real ones or the
+    fixture's stand-ins."""
+    base = tmp_path_factory.mktemp("bench-photos")
+    (base / "photos").mkdir()
+    for photo in photos:
+        (base / "photos" / photo.name).symlink_to(photo)
+    return {**os.environ, "IMGCURATE_TEST_DATA": str(base)}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, photo_env):
     base = tmp_path_factory.mktemp("bench")
     out = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--samples", "24", "--repeats", "1", "--data", str(base / "data"),
          "--results", str(base / "results")],
-        capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
+        capture_output=True, text=True, timeout=300, cwd=REPO, check=False, env=photo_env,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return base, out.stdout
@@ -113,11 +125,11 @@ def test_the_run_prints_the_table_of_every_result(results):
     assert "not run: no CUDA device" in table or "gpu |" in table
 
 
-def test_only_runs_the_named_benchmarks_and_rejects_unknown_ones(tmp_path, photos):
+def test_only_runs_the_named_benchmarks_and_rejects_unknown_ones(tmp_path, photo_env):
     out = subprocess.run([sys.executable, str(RUN), "--only", "nonsense"], capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 2 and "unknown benchmark nonsense" in out.stderr
     out = subprocess.run([sys.executable, str(RUN), "--quick", "--samples", "8", "--repeats", "1", "--only", "gpu",
                           "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results")],
-                         capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+                         capture_output=True, text=True, cwd=REPO, timeout=120, check=False, env=photo_env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["gpu.json"]

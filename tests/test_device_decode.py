@@ -140,7 +140,7 @@ def test_the_budget_bounds_each_decode_call_and_not_the_result(photos, monkeypat
         return decoded
 
     monkeypatch.setattr(decode_module, "_decode_jpegs", recording)
-    budget = 3 * 1024 * 1024
+    budget = 2 * max(Image.open(io.BytesIO(data)).width * Image.open(io.BytesIO(data)).height * 3 for data in images)
     bounded = decode_batch_on_device(images, prep, device="cpu", budget=budget)
     assert len(calls) > 2 and sum(len(c) for c in calls) == len(images)
     assert all(len(c) == 1 or sum(c) <= budget for c in calls)

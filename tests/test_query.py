@@ -25,7 +25,8 @@ def resharded(photo_dataset, tmp_path):
     directory, samples = photo_dataset
     photo = photo_dataset[1][0]["image"]
     shard = write_tar(directory / "00003.tar", [("whole.jpg", photo), ("cut.jpg", photo)])
-    shard.write_bytes(shard.read_bytes()[: 512 + len(photo) + 512 + 100])  # a half-copied file: ends inside cut.jpg
+    padded = len(photo) + -len(photo) % 512
+    shard.write_bytes(shard.read_bytes()[: 512 + padded + 512 + 100])  # a half-copied file: ends inside cut.jpg
     out = tmp_path / "out"
     assert main(["reshard", str(directory), "--output", str(out), "--images-per-tar", "8", "--scheduler", "threads",
                  "--no-progress"]) == 0

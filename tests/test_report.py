@@ -85,7 +85,7 @@ def assert_thumbnail_of(thumbnail: Image.Image, original: bytes) -> None:
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("report") / "sample-data"
-    make_sample_dataset(str(directory))
+    make_sample_dataset(str(directory), damaged=True)
     return directory
 
 

@@ -208,6 +208,18 @@ def test_cli_and_yaml_give_the_same_bytes_as_the_python_api(env, dataset, tmp_pa
     api_counts = json.loads((by_api / "_manifest.json").read_text())["counts"]
     assert json.loads((by_yaml / "_manifest.json").read_text())["counts"] == api_counts
 
+    # flags given with --config override the file, and the manifest records the merged pipeline
+    by_flags = tmp_path / "yaml-and-flags"
+    assert main(["curate", "--config", str(config), "--output", str(by_flags), "--images-per-tar", "5",
+                 "--nsfw-threshold", "0.9", "--scheduler", "threads", "--no-progress"]) == 0
+    manifest = json.loads((by_flags / "_manifest.json").read_text())
+    assert [s["samples"] for s in manifest["shards"]][:-1] == [5] * (len(manifest["shards"]) - 1)
+    stages = {s["stage"]: s["parameters"] for s in manifest["pipeline"]["stages"]}
+    assert stages["ImageNSFWFilterStage"]["score_threshold"] == 0.9 and stages["ImageWriterStage"]["images_per_tar"] == 5
+    assert stages["ImageAestheticFilterStage"]["score_threshold"] == AESTHETIC_T  # from the file
+    assert manifest["pipeline"]["config"]["overridden_by_flags"] == ["--images-per-tar", "--nsfw-threshold", "--output"]
+    assert manifest["counts"]["dropped_by_stage"].get("nsfw", 0) < api_counts["dropped_by_stage"]["nsfw"]
+
 
 def test_filters_without_thresholds_only_score(env, dataset, tmp_path):
     out = tmp_path / "scored"

@@ -1,9 +1,14 @@
 """A small, deterministic sample WebDataset, generated rather than downloaded.
 
 Images are drawn procedurally (gradients, shapes, stripes, noise) at varied sizes and aspect
-ratios, stored as JPEG or PNG, with a caption, a ``.json`` of metadata and an
-img2dataset-style sidecar Parquet per shard. One image is deliberately truncated so the
-failure report has something to show.
+ratios, stored as JPEG, each with a caption and a ``.json`` of metadata, and an img2dataset-style
+sidecar Parquet per shard that also lists two failed downloads (no member in the tar), as
+img2dataset writes them.
+
+Every sample has the same members (``jpg``, ``txt``, ``json``) and every image decodes, so other
+readers take the shards as they are: Hugging Face ``datasets`` refuses shards whose samples differ
+in their members' extensions, and Ray Data's reader stops at an image that does not decode.
+``damaged=True`` cuts one JPEG short, to show how imgcurate reports it.
 """
 
 from __future__ import annotations
@@ -58,42 +63,55 @@ def _draw(rng: np.random.Generator, pattern: str, colour: tuple[int, int, int], 
     return image
 
 
-def make_sample_dataset(output_dir: str, *, shards: int = 3, samples_per_shard: int = 16, seed: int = 0) -> list[str]:
-    """Write ``shards`` tar shards (+ sidecar Parquet) to ``output_dir``; returns the tar paths."""
-    rng = np.random.default_rng(seed)
+def make_sample_dataset(output_dir: str, *, shards: int = 3, samples_per_shard: int = 16, seed: int = 0,
+                        damaged: bool = False) -> list[str]:
+    """Write ``shards`` tar shards (+ sidecar Parquet) to ``output_dir``; returns the tar paths.
+
+    Each shard is drawn from its own random stream, so shards are written independently (one
+    Dask task each, on the scheduler in use). ``damaged``: sample 7's JPEG is cut to a third.
+    """
+    import dask
+
+    from ..common.progress import compute
+
     os.makedirs(output_dir, exist_ok=True)
-    paths = []
-    number = 0
-    for shard in range(shards):
-        tar_path = os.path.join(output_dir, f"{shard:05d}.tar")
-        rows = []
-        with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for _ in range(samples_per_shard):
-                key = f"{number:09d}"
-                colour_name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-                pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-                size = (int(rng.integers(96, 360)), int(rng.integers(96, 360)))
-                image = _draw(rng, pattern, COLOURS[colour_name], size)
-                ext = "png" if number % 5 == 4 else "jpg"
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG" if ext == "png" else "JPEG", quality=90)
-                data = buffer.getvalue()
-                if number == 7:  # a download cut short: the decoder must report it, not crash
-                    data = data[: len(data) // 3]
-                caption = f"a {colour_name} {pattern} pattern"
-                meta = {"url": f"https://example.invalid/{key}.{ext}", "width": size[0], "height": size[1],
-                        "pattern": pattern, "tags": [colour_name, pattern]}
-                for name, payload in ((f"{key}.{ext}", data), (f"{key}.txt", caption.encode()),
-                                      (f"{key}.json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                    tar.addfile(info, io.BytesIO(payload))
-                rows.append({"key": key, "url": meta["url"], "caption": caption, "status": "success",
-                             "width": size[0], "height": size[1], "sha256": _sha256(data)})
-                number += 1
-        pq.write_table(pa.Table.from_pylist(rows), os.path.join(output_dir, f"{shard:05d}.parquet"))
-        paths.append(tar_path)
-    return paths
+    tasks = [dask.delayed(write_sample_shard)(output_dir, shard, samples_per_shard, seed, damaged) for shard in range(shards)]
+    return compute(tasks, desc="sample data")
+
+
+def write_sample_shard(output_dir: str, shard: int, samples_per_shard: int, seed: int, damaged: bool) -> str:
+    """Shard ``shard`` of the sample data and its sidecar; returns the tar's path."""
+    rng = np.random.default_rng([seed, shard])
+    tar_path = os.path.join(output_dir, f"{shard:05d}.tar")
+    rows = []
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for index in range(samples_per_shard):
+            number = shard * samples_per_shard + index
+            key = f"{number:09d}"
+            colour_name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+            size = (int(rng.integers(96, 360)), int(rng.integers(96, 360)))
+            buffer = io.BytesIO()
+            _draw(rng, pattern, COLOURS[colour_name], size).save(buffer, format="JPEG", quality=90)
+            data = buffer.getvalue()
+            if damaged and number == 7:  # a download cut short: the decoder must report it, not crash
+                data = data[: len(data) // 3]
+            caption = f"a {colour_name} {pattern} pattern"
+            meta = {"url": f"https://example.invalid/{key}.jpg", "width": size[0], "height": size[1],
+                    "pattern": pattern, "tags": [colour_name, pattern]}
+            for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", caption.encode()),
+                                  (f"{key}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                tar.addfile(info, io.BytesIO(payload))
+            rows.append({"key": key, "url": meta["url"], "caption": caption, "status": "success", "error_message": None,
+                         "width": size[0], "height": size[1], "sha256": _sha256(data)})
+    for gone in range(2):  # what img2dataset lists for downloads that failed: a row, no member
+        key = f"{shard:04d}9999{gone}"
+        rows.append({"key": key, "url": f"https://example.invalid/{key}.jpg", "caption": None, "status": "failed_to_download",
+                     "error_message": "HTTP Error 404: Not Found", "width": None, "height": None, "sha256": None})
+    pq.write_table(pa.Table.from_pylist(rows), os.path.join(output_dir, f"{shard:05d}.parquet"))
+    return tar_path
 
 
 def _sha256(data: bytes) -> str:

@@ -1,40 +1,80 @@
-"""``imgcurate curate``: embed, score, filter and write, as a :class:`~imgcurate.stages.Pipeline`."""
+"""``imgcurate curate``: embed, score, filter and write, as a :class:`~imgcurate.stages.Pipeline`.
+
+The pipeline comes from the flags, or from ``--config FILE``; flags given with ``--config`` override
+the file's values (each flag names the stage parameter it sets, :data:`FLAG_TARGETS`), and the
+manifest records the merged pipeline and which flags changed it.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .options import add_scheduler, print_failures
+
+# flag (argparse dest) → (stage class name, parameter), and its value when neither flag nor file gives one
+FLAG_TARGETS: dict[str, tuple[str, str]] = {
+    "input": ("FilePartitioningStage", "file_paths"),
+    "model": ("ImageEmbeddingStage", "model_name"),
+    "pretrained": ("ImageEmbeddingStage", "pretrained"),
+    "batch_size": ("ImageEmbeddingStage", "batch_size"),
+    "device": ("ImageEmbeddingStage", "device"),
+    "aesthetic_threshold": ("ImageAestheticFilterStage", "score_threshold"),
+    "aesthetic_weights": ("ImageAestheticFilterStage", "weights"),
+    "nsfw_threshold": ("ImageNSFWFilterStage", "score_threshold"),
+    "nsfw_weights": ("ImageNSFWFilterStage", "weights"),
+    "output": ("ImageWriterStage", "output_dir"),
+    "images_per_tar": ("ImageWriterStage", "images_per_tar"),
+    "keep_dropped": ("ImageWriterStage", "keep_dropped"),
+    "overwrite": ("ImageWriterStage", "overwrite"),
+}
+DEFAULTS: dict[str, Any] = {"model": "ViT-L-14", "pretrained": "openai", "aesthetic_threshold": 5.0, "nsfw_threshold": 0.5,
+                            "images_per_tar": 1000}
+
+
+def _given(args) -> dict[str, Any]:
+    """The flags given on the command line (their defaults are None or False, so unset ones are told apart)."""
+    return {dest: getattr(args, dest) for dest in FLAG_TARGETS if getattr(args, dest, None) not in (None, False)}
 
 
 def pipeline_from_args(args):
-    """The pipeline the arguments describe: built from flags, or read from ``--config``."""
+    """The pipeline the arguments describe: built from flags, or read from ``--config`` with the flags applied."""
+    from ...common.errors import PipelineError
     from ...stages import (
         FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,
         ImageWriterStage, Pipeline,
     )
 
+    given = _given(args)
+    on_error = "raise" if args.strict else "report"
     if args.config:
         pipeline = Pipeline.from_yaml(args.config)
-        # command-line input and output take precedence over the file's
-        if args.input:
-            pipeline.stages[0].file_paths = args.input
-        writer = pipeline.stages[-1]
-        if isinstance(writer, ImageWriterStage):
-            if args.output:
-                writer.output_dir = args.output
-            writer.overwrite = writer.overwrite or args.overwrite
-            writer.verbose = writer.verbose or not args.no_progress
+        by_class = {type(stage).__name__: stage for stage in pipeline.stages}
+        for dest, value in given.items():
+            stage_class, parameter = FLAG_TARGETS[dest]
+            if stage_class not in by_class:
+                raise PipelineError(f"--{dest.replace('_', '-')} sets {stage_class}.{parameter}, but {args.config} has no "
+                                    f"{stage_class}")
+            setattr(by_class[stage_class], parameter, value)
+        for stage in pipeline.stages:
+            if args.strict and hasattr(stage, "on_error"):
+                stage.on_error = "raise"
+            if args.no_progress and isinstance(stage, ImageWriterStage):
+                stage.verbose = False
+        pipeline.config = {**(pipeline.config or {}), "config_file": str(args.config),
+                           "overridden_by_flags": sorted(f"--{dest.replace('_', '-')}" for dest in given)}
         return pipeline
     if not args.input or not args.output:
         raise ValueError("give INPUT and --output, or a --config file that names them")
-    on_error = "raise" if args.strict else "report"
+    value = {dest: given.get(dest, DEFAULTS.get(dest)) for dest in FLAG_TARGETS}
     return Pipeline(name="curate", stages=[
-        FilePartitioningStage(args.input, file_extensions=(".tar", ".tar.gz", ".tgz")),
+        FilePartitioningStage(value["input"], file_extensions=(".tar", ".tar.gz", ".tgz")),
         ImageReaderStage(on_error=on_error),
-        ImageEmbeddingStage(args.model, args.pretrained, batch_size=args.batch_size, device=args.device, on_error=on_error),
-        ImageAestheticFilterStage(args.aesthetic_threshold, weights=args.aesthetic_weights),
-        ImageNSFWFilterStage(args.nsfw_threshold, weights=args.nsfw_weights),
-        ImageWriterStage(args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
-                         keep_dropped=args.keep_dropped, verbose=not args.no_progress),
+        ImageEmbeddingStage(value["model"], value["pretrained"], batch_size=value["batch_size"], device=value["device"],
+                            on_error=on_error),
+        ImageAestheticFilterStage(value["aesthetic_threshold"], weights=value["aesthetic_weights"]),
+        ImageNSFWFilterStage(value["nsfw_threshold"], weights=value["nsfw_weights"]),
+        ImageWriterStage(value["output"], images_per_tar=value["images_per_tar"], overwrite=bool(value["overwrite"]),
+                         keep_dropped=bool(value["keep_dropped"]), verbose=not args.no_progress),
     ])
 
 
@@ -52,25 +92,25 @@ def register(sub) -> None:
                        description="Embed images with CLIP, score them with LAION's aesthetic and NSFW heads, keep "
                                    "those that pass the thresholds, and write exact-size shards with the scores. "
                                    "Runs the same Pipeline as the Python stage API; --config takes a YAML description "
-                                   "of its stages.")
+                                   "of its stages, and flags given with it override the file's values.")
     p.add_argument("input", nargs="?", help="directory, glob, brace range or file of shards (or set in --config)")
     p.add_argument("--config", metavar="PIPELINE.yaml", help="pipeline stages in YAML (see README, 'Pipelines')")
-    p.add_argument("--aesthetic-threshold", type=float, default=5.0, metavar="T",
+    p.add_argument("--aesthetic-threshold", type=float, metavar="T",
                    help="keep images with aesthetic score >= T (LAION's ~1-10 scale; default 5.0)")
-    p.add_argument("--nsfw-threshold", type=float, default=0.5, metavar="T",
+    p.add_argument("--nsfw-threshold", type=float, metavar="T",
                    help="keep images with NSFW score < T (0-1; default 0.5)")
-    p.add_argument("--model", default="ViT-L-14", help="open_clip model name (default ViT-L-14, built with QuickGELU for OpenAI weights)")
-    p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint file (default openai); 'random' for random "
+    p.add_argument("--model", help="open_clip model name (default ViT-L-14, built with QuickGELU for OpenAI weights)")
+    p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file (default openai); 'random' for random "
                         "weights (a demonstration, not a curation)")
     p.add_argument("--aesthetic-weights", metavar="PATH", help="LAION aesthetic head weights (sac+logos+ava1-l14-linearMSE.pth; default: "
                         "$IMGCURATE_HOME, else downloaded); 'random' for random weights")
     p.add_argument("--nsfw-weights", metavar="PATH", help="LAION NSFW head weights (clip_autokeras_binary_nsfw.pth; default: $IMGCURATE_HOME, "
                         "else downloaded); 'random' for random weights")
-    p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on GPU)")
-    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on GPU, decided on each worker)")
+    p.add_argument("--device", help="torch device (default: cuda where the worker has one, else cpu)")
     p.add_argument("--keep-dropped", action="store_true", help="also write the filtered-out samples under OUT/_dropped/")
     p.add_argument("--output", "-o", help="output directory (or set in --config)")
-    p.add_argument("--images-per-tar", type=int, default=1000, metavar="N", help="samples per output shard (default 1000)")
+    p.add_argument("--images-per-tar", type=int, metavar="N", help="samples per output shard (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory written by imgcurate")
     p.add_argument("--strict", action="store_true", help="stop at the first bad shard, member or image instead of reporting it")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ...common.cluster import dask_client
+from .options import add_scheduler
+
 
 def run(args) -> int:
     from ..report import write_report
 
-    write_report(args.dataset, args.output, thumbnails=args.thumbnails)
+    with dask_client(args.scheduler, work="read"):
+        write_report(args.dataset, args.output, thumbnails=args.thumbnails)
     print(f"wrote {args.output}")
     return 0
 
@@ -21,4 +25,5 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="REPORT.html", help="the HTML file to write")
     p.add_argument("--thumbnails", type=int, default=24, metavar="N",
                    help="thumbnails of kept samples, and of dropped ones when kept aside (default 24)")
+    add_scheduler(p, "read")
     p.set_defaults(func=run)
