@@ -319,3 +319,41 @@ def test_sidecar_without_key_is_reported(tmp_path):
     pq.write_table(pa.table({"name": ["a"]}), tmp_path / "0.parquet")
     frame = read_webdataset(tmp_path).compute()
     assert frame.error.dropna().tolist() == ["invalid_sidecar"]
+
+
+def test_columns_read_only_what_is_asked(tmp_path, photo_dataset):
+    """columns= (or a later selection, pushed into the read) decodes only what those columns are made of."""
+    from dask.dataframe.dask_expr.io.io import FromMap
+
+    directory, samples = photo_dataset
+    write_tar(directory / "00003.tar", [("j.jpg", b"x"), ("j.txt", b"a caption"), ("j.json", b"{not json")])
+    full = read_webdataset(directory).compute()
+    assert full.error.dropna().tolist() == ["invalid_json"]
+    caption_only = read_webdataset(directory, columns=["caption"])
+    assert caption_only.columns.tolist() == ["key", "image_ext", "image_nbytes", "caption", "source_shard", "source_index",
+                                             "error", "error_member", "error_detail", "_image_offset"]
+    # a caption can be filled from a .json field, so the .json members are still parsed here
+    projected = caption_only.compute()
+    assert projected.reset_index(drop=True).equals(full[projected.columns].reset_index(drop=True))
+    license_only = read_webdataset(directory, columns=["license"]).compute()  # a sidecar column: no .json parsed
+    assert license_only.error.isna().all() and license_only.license.tolist()[:30] == full.license.tolist()[:30]
+    selected = read_webdataset(directory)[["key", "width"]]
+    leaves = list(selected.optimize().expr.find_operations(FromMap))
+    assert [leaf.operand("columns") for leaf in leaves] == [["key", "width"]]  # pushed into the read
+    assert selected.compute().width.tolist() == full.width.tolist()
+    with pytest.raises(ValueError, match="no column 'colour'"):
+        read_webdataset(directory, columns=["colour"])
+
+
+def test_json_wins_over_the_sidecar_and_says_so_once(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imgcurate.io import schema
+
+    schema._WARNED_DISAGREEMENT.clear()
+    write_tar(tmp_path / "00000.tar", [("a.jpg", b"x"), ("a.json", b'{"width": 100}'), ("b.jpg", b"y"), ("b.json", b'{"width": 7}')])
+    pq.write_table(pa.table({"key": ["a", "b"], "width": [100, 300]}), tmp_path / "00000.parquet")
+    with pytest.warns(UserWarning, match="'width' differs between samples' .json and their sidecar.*.json value is kept"):
+        frame = read_webdataset(tmp_path).compute()
+    assert frame.width.tolist() == [100, 7]

@@ -226,13 +226,21 @@ def tiles_from_table(table: pa.Table, columns: Sequence[str] | None = None, *, t
     return tiles
 
 
-def _head_table(df, n: int) -> pa.Table:
-    """The first ``n`` rows as Arrow; a Dask frame is computed one partition at a time until there are enough."""
+# what a tile needs besides the values it shows: the key, where the image is, why there is none
+_TILE_COLUMNS = (C.KEY, C.IMAGE, C.IMAGE_EXT, C.IMAGE_NBYTES, C.IMAGE_OFFSET, C.SOURCE_SHARD, C.ERROR, C.ERROR_DETAIL)
+
+
+def _head_table(df, n: int, columns: Sequence[str] | None = None) -> pa.Table:
+    """The first ``n`` rows as Arrow; a Dask frame is computed one partition at a time until there are
+    enough, reading only the columns the tiles need (the shown ``columns``, or the defaults)."""
     from ..common.backend import backend_of
 
     backend = backend_of(df)
     if not hasattr(df, "npartitions"):
         return backend.to_arrow(df.iloc[:n] if hasattr(df, "iloc") else df.head(n))
+    shown = DEFAULT_COLUMNS if columns is None else columns
+    needed = [name for name in df.columns if name in _TILE_COLUMNS or name in shown]
+    df = df[needed]  # Dask pushes the selection into the read: nothing else is decoded
     pieces, rows = [], 0
     for number in range(df.npartitions):
         part = backend.to_arrow(df.get_partition(number).compute())
@@ -299,7 +307,7 @@ def show(data, n: int = 12, columns: Sequence[str] | None = None, *, storage_opt
     if output_dir is not None:
         tiles = output_tiles(output_dir, n, columns, storage_options)
         return Gallery(tiles, f"first {len(tiles)} samples of {output_dir}")
-    table = _head_table(data, n)
+    table = _head_table(data, n, columns)
     return Gallery(tiles_from_table(table, columns, storage_options=storage_options), f"first {len(table)} rows")
 
 

@@ -108,19 +108,38 @@ def read_sidecar(task: ShardTask, failures: list[Failure]) -> pa.Table | None:
     return table.set_column(table.schema.get_field_index(C.KEY), C.KEY, table.column(C.KEY).cast(pa.string()))
 
 
-def read_partition_table(task: ShardTask, layout: Layout | None) -> tuple[pa.Table, Layout]:
-    """Read, group, conform to ``layout`` (``None`` infers it), then apply the failure policy."""
+# what a column of the frame is made from, beyond its own member: a .json field or the sidecar may
+# fill a missing caption or class, and extra_json keeps what either could not place
+_FILLED_FROM_ELSEWHERE = (C.CAPTION, C.CLS, C.EXTRA_JSON)
+
+
+def read_partition_table(task: ShardTask, layout: Layout | None, columns: Sequence[str] | None = None
+                         ) -> tuple[pa.Table, Layout]:
+    """Read, group, conform to ``layout`` (``None`` infers it), then apply the failure policy.
+
+    ``columns`` (with a layout): only those columns, and only what they are made from is read and
+    decoded: no image bytes without ``image``, no ``.json`` parsed and no sidecar read when no
+    column needs them (their decoding failures then go unseen).
+    """
+    wanted = set(columns) if columns is not None and layout is not None else None
+    if wanted is not None and C.IMAGE not in wanted:
+        task = replace(task, with_images=False)
     table = None
     if task.layout_read is not None and layout is not None:
         table = _with_images(task.layout_read, task, layout) if task.with_images else task.layout_read
     if table is None:
+        needs_json = wanted is None or bool(wanted & {*(n for n, _ in layout.json_fields), *_FILLED_FROM_ELSEWHERE})
+        needs_sidecar = needs_json or bool(wanted & {n for n, _ in layout.sidecar_fields})
         plain = read_plain_shard(task)
         samples, failures = (plain, []) if plain is not None else read_shard_samples(task)
-        sidecar = read_sidecar(task, failures)
-        table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout)
+        sidecar = read_sidecar(task, failures) if needs_sidecar else None
+        table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout,
+                                    skip=frozenset() if needs_json else frozenset({"json"}))
     if task.on_error != "report":
         apply_policy(failures_in(table), task.on_error)  # raises under "raise"
         table = table.filter(table.column(C.ERROR).is_null())
+    if columns is not None:
+        table = table.select(list(columns))
     return table, layout
 
 
@@ -175,13 +194,15 @@ def failures_in(table: pa.Table) -> list[Failure]:
 
 
 class _ReadShard:
-    """The ``from_map`` function: a shard task → one partition on the chosen backend."""
+    """The ``from_map`` function: a shard task → one partition on the chosen backend. It takes
+    ``columns``, so Dask pushes a selection of columns made later (``df[["key", "caption"]]``) down
+    into the read."""
 
     def __init__(self, layout: Layout, backend: Backend):
         self.layout, self.backend = layout, backend
 
-    def __call__(self, task: ShardTask):
-        table, _ = read_partition_table(task, self.layout)
+    def __call__(self, task: ShardTask, columns: list[str] | None = None):
+        table, _ = read_partition_table(task, self.layout, columns)
         return self.backend.from_arrow(table)
 
 
@@ -194,6 +215,7 @@ def read_webdataset(
     on_error: OnError = "report",
     backend: str | None = "pandas",
     layout_shards: int = 1,
+    columns: Sequence[str] | None = None,
 ) -> dd.DataFrame:
     """Read WebDataset shards into a Dask DataFrame, one partition per shard.
 
@@ -220,6 +242,12 @@ def read_webdataset(
         How many shards (from the start) decide the columns: JSON fields, sidecar columns and
         component extensions. Values outside that layout are kept in ``extra_json`` and
         ``extra_members``; raise this for datasets whose shards differ.
+    columns:
+        Only these columns (any of the frame's: ``caption``, JSON fields, sidecar columns,
+        components, ``image``…), besides ``key`` and what rows need to be embedded, written and
+        reported (:data:`ALWAYS_READ`); only what they are made from is decoded (no ``.json``
+        parsed when no column needs it, so its decoding failures go unseen). A later
+        ``df[[...]]`` selection is pushed into the read the same way.
     """
     on_error = check_on_error(on_error)
     if sidecar_parquet not in (True, False, "auto"):
@@ -237,11 +265,29 @@ def read_webdataset(
         tasks[0] = replace(tasks[0], layout_read=first[0][0])
     layout = replace(layout, with_images=with_images)
     chosen = resolve_backend(backend)
-    meta = chosen.meta(layout.arrow_schema())
+    schema = layout.arrow_schema()
+    meta = chosen.meta(schema)
     # every column arrives Arrow-backed, so Dask's pass that turns object columns into strings would
     # visit each partition for nothing (~0.5 ms each; 6 % of a read of the benchmark's shards)
     with dask.config.set({"dataframe.convert-string": False}):
-        return dd.from_map(_ReadShard(layout, chosen), tasks, meta=meta, label="read-webdataset", enforce_metadata=False)
+        df = dd.from_map(_ReadShard(layout, chosen), tasks, meta=meta, label="read-webdataset", enforce_metadata=False)
+        return df if columns is None else df[_projection(columns, schema)]
+
+
+ALWAYS_READ = (C.KEY, C.IMAGE, C.IMAGE_EXT, C.IMAGE_NBYTES, C.SOURCE_SHARD, C.SOURCE_INDEX, *C.ERROR_COLUMNS, C.IMAGE_OFFSET)
+
+
+def _projection(columns: Sequence[str], schema: pa.Schema) -> list[str]:
+    """The frame's columns for ``read_webdataset(columns=...)``: those asked for and :data:`ALWAYS_READ`
+    (``image`` only when the frame has it), in the frame's order."""
+    if isinstance(columns, str):
+        columns = [columns]
+    unknown = [name for name in columns if name not in schema.names]
+    if unknown:
+        raise ValueError(f"no column {', '.join(map(repr, unknown))} in these shards; their columns are "
+                         f"{', '.join(n for n in schema.names if not C.is_internal(n))}")
+    chosen = set(columns) | set(ALWAYS_READ)
+    return [name for name in schema.names if name in chosen]
 
 
 def reader_tasks(df) -> list[ShardTask] | None:

@@ -17,6 +17,7 @@ them as JSON.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -164,12 +165,12 @@ def _component_value(ext: str, data: bytes, key: str, shard: str, failures: list
 _ROW_FIELDS = {"txt": "caption", "cls": "cls", "json": "json"}
 
 
-def _decode_sample(sample: Sample, rows: _Rows, shard: str, failures: list[Failure]) -> None:
+def _decode_sample(sample: Sample, rows: _Rows, shard: str, failures: list[Failure], skip: frozenset[str]) -> None:
     image = sample.image
     fields: dict[str, Any] = {}
     others: dict[str, bytes] = {}
     for ext, member in sample.components.items():
-        if member is image:
+        if member is image or ext in skip:
             continue
         value = _component_value(ext, member.data or b"", sample.key, shard, failures)
         if ext in _ROW_FIELDS:
@@ -189,7 +190,7 @@ def _decode_sample(sample: Sample, rows: _Rows, shard: str, failures: list[Failu
         rows.components[len(rows.key) - 1] = others
 
 
-def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: list[Failure]) -> None:
+def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: list[Failure], skip: frozenset[str]) -> None:
     """:func:`_decode_sample` for every sample of a plain shard at once (the same rows and failures)."""
     n = len(shard_columns)
     rows.key, rows.index = shard_columns.keys, list(range(n))
@@ -197,7 +198,7 @@ def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: 
     rows.image_ext, rows.image_nbytes, rows.image_offset = (
         shard_columns.image_ext, shard_columns.image_nbytes, shard_columns.image_offset)
     try:
-        columns, rows.components = _decode_by_extension(shard_columns)
+        columns, rows.components = _decode_by_extension(shard_columns, skip)
     except ValueError:
         # a member that does not decode: again member by member, so failures are reported in tar order
         columns, rows.components = {name: [None] * n for name in _ROW_FIELDS.values()}, {}
@@ -205,6 +206,8 @@ def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: 
         for sample, code, data in zip(shard_columns.member_sample.tolist(), shard_columns.member_code.tolist(),
                                       shard_columns.member_data.to_pylist()):
             ext = extensions[code]
+            if ext in skip:
+                continue
             value = _component_value(ext, data, keys[sample], shard, failures)
             if ext in _ROW_FIELDS:
                 columns[_ROW_FIELDS[ext]][sample] = value
@@ -213,13 +216,16 @@ def _decode_plain(shard_columns: PlainShard, rows: _Rows, shard: str, failures: 
     rows.caption, rows.cls, rows.json = columns["caption"], columns["cls"], columns["json"]
 
 
-def _decode_by_extension(shard_columns: PlainShard) -> tuple[dict[str, list[Any]], dict[int, dict[str, Any]]]:
+def _decode_by_extension(shard_columns: PlainShard, skip: frozenset[str] = frozenset()
+                         ) -> tuple[dict[str, list[Any]], dict[int, dict[str, Any]]]:
     """The caption, class and JSON columns, decoded one extension at a time, and each sample's
-    other components (in tar order); raises ValueError when any member does not decode."""
+    other components (in tar order), leaving out the extensions in ``skip``; raises ValueError
+    when any member does not decode."""
     n = len(shard_columns)
     columns: dict[str, list[Any]] = {name: [None] * n for name in _ROW_FIELDS.values()}
     data, extensions = shard_columns.member_data, shard_columns.extensions
-    row_field_codes = [code for code, ext in enumerate(extensions) if ext in _ROW_FIELDS]
+    row_field_codes = [code for code, ext in enumerate(extensions) if ext in _ROW_FIELDS and ext not in skip]
+    skipped_codes = [code for code, ext in enumerate(extensions) if ext in skip]
     for code in row_field_codes:
         members = np.flatnonzero(shard_columns.member_code == code)
         if len(members) == 0:
@@ -240,7 +246,7 @@ def _decode_by_extension(shard_columns: PlainShard) -> tuple[dict[str, list[Any]
                                      values.to_pylist() if isinstance(values, pa.Array) else values):
                 column[sample] = value
     components: dict[int, dict[str, Any]] = {}
-    others = np.flatnonzero(~np.isin(shard_columns.member_code, row_field_codes))
+    others = np.flatnonzero(~np.isin(shard_columns.member_code, row_field_codes + skipped_codes))
     if len(others):
         for member_data, sample, code in zip(data.take(others).to_pylist(), shard_columns.member_sample[others].tolist(),
                                              shard_columns.member_code[others].tolist()):
@@ -377,6 +383,7 @@ def shard_table(
     with_images: bool,
     sidecar: pa.Table | None = None,
     layout: Layout | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[pa.Table, Layout]:
     """Build the partition table of one shard (``failures`` gets the member failures found).
 
@@ -384,8 +391,10 @@ def shard_table(
     (:mod:`~imgcurate.io.tarindex`); both give the same table. With ``layout=None`` the layout is
     inferred from this shard and returned. The steps: decode the members into rows, join the
     sidecar, infer (or take) the layout, conform the values to it, build the Arrow table.
+    Members with an extension in ``skip`` are not decoded (their columns are null, their decoding
+    failures unseen): a read that projects those columns away.
     """
-    rows = _decode_rows(samples, shard, failures)
+    rows = _decode_rows(samples, shard, failures, skip)
     reserved = set(C.READER_COLUMNS)
     json_values = _json_columns(rows, reserved)
     sidecar_values = _sidecar_columns(rows, sidecar)
@@ -395,13 +404,13 @@ def shard_table(
     return _table(rows, arrays, layout, failures, shard), layout
 
 
-def _decode_rows(samples: Iterable[Sample] | PlainShard, shard: str, failures: list[Failure]) -> _Rows:
+def _decode_rows(samples: Iterable[Sample] | PlainShard, shard: str, failures: list[Failure], skip: frozenset[str]) -> _Rows:
     rows = _Rows()
     if isinstance(samples, PlainShard):
-        _decode_plain(samples, rows, shard, failures)
+        _decode_plain(samples, rows, shard, failures, skip)
     else:
         for sample in samples:
-            _decode_sample(sample, rows, shard, failures)
+            _decode_sample(sample, rows, shard, failures, skip)
     return rows
 
 
@@ -454,7 +463,10 @@ def _conform(rows: _Rows, json_values: dict[str, list[Any]], sidecar_values: dic
     for name, typ in layout.json_fields:
         values = json_values.pop(name, [None] * n)
         if name in sidecar_values:
-            values = [s if v is None else v for v, s in zip(values, sidecar_values.pop(name))]
+            sidecar_column = sidecar_values.pop(name)
+            if any(v is not None and s is not None and v != s for v, s in zip(values, sidecar_column)):
+                _warn_disagreement(name)
+            values = [s if v is None else v for v, s in zip(values, sidecar_column)]
         arrays[name] = _typed_column(values, typ, rows, name)
     for name, typ in layout.sidecar_fields:
         arrays[name] = _typed_column(sidecar_values.pop(name, [None] * n), typ, rows, name)
@@ -471,6 +483,17 @@ def _conform(rows: _Rows, json_values: dict[str, list[Any]], sidecar_values: dic
             else:
                 rows.extra[i].setdefault(name, value)
     return arrays
+
+
+_WARNED_DISAGREEMENT: set[str] = set()
+
+
+def _warn_disagreement(name: str) -> None:
+    """Say once per process (and field) that a sample's .json and its sidecar row disagree, and which wins."""
+    if name not in _WARNED_DISAGREEMENT:
+        _WARNED_DISAGREEMENT.add(name)
+        warnings.warn(f"field {name!r} differs between samples' .json and their sidecar Parquet row: the .json value "
+                      "is kept (the sidecar only fills values the .json lacks)", UserWarning, stacklevel=2)
 
 
 def _split_components(rows: _Rows, layout: Layout) -> tuple[dict[str, list[Any]], list[list[tuple[str, bytes]] | None]]:
