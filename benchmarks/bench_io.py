@@ -40,7 +40,7 @@ def copy_tree(source: Path, out: Path) -> None:
 def read_ours(dataset: Dataset) -> int:
     from imgcurate import read_webdataset
 
-    return len(read_webdataset(dataset.urls).compute())
+    return len(read_webdataset(dataset.urls, with_images=True).compute())
 
 
 def read_bytes(dataset: Dataset) -> int:

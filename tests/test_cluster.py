@@ -389,3 +389,21 @@ def test_rerun_after_the_job_was_killed_while_writing(cluster, dataset, threshol
     assert main(args) == 0
     assert not (out / MARKER).exists() and not (out / TMP_DIR).exists()
     assert_same_output(out, references(job))
+
+
+def test_the_default_scheduler_follows_the_work_and_the_input(tmp_path, monkeypatch):
+    import dask.system
+
+    from imgcurate.common.cluster import LOCAL_CLUSTER_MIN_BYTES, default_scheduler
+
+    small, big = tmp_path / "small.tar", tmp_path / "big.tar"
+    small.write_bytes(b"\0" * 1024)
+    with open(big, "wb") as f:
+        f.truncate(LOCAL_CLUSTER_MIN_BYTES)  # sparse: its size is what counts
+    for work in ("copy", "read"):
+        assert default_scheduler(work, [str(big)]) == "threads"
+    assert default_scheduler("compute", [str(small)]) == "threads"
+    assert default_scheduler("compute", [str(small), str(big)]) == "local"
+    monkeypatch.setattr(dask.system, "CPU_COUNT", 1)
+    monkeypatch.setattr("imgcurate.common.backend.cuda_cluster_wanted", lambda: False)
+    assert default_scheduler("compute", [str(big)]) == "threads"  # one core and no GPU: nothing to gain

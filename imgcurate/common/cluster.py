@@ -22,9 +22,6 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Literal, Sequence
 
-import dask
-
-from .backend import cuda_cluster_wanted
 
 SCHEDULER_ENV = "IMGCURATE_SCHEDULER"
 IN_PROCESS = ("threads", "sync", "synchronous", "processes")
@@ -71,7 +68,9 @@ def default_scheduler(work: Work, shards: Sequence[str] | None = None, storage_o
         return "threads"
     from dask.system import CPU_COUNT
 
-    if CPU_COUNT < 2 and not cuda_available():
+    from .backend import cuda_cluster_wanted
+
+    if CPU_COUNT < 2 and not cuda_cluster_wanted():
         return "threads"
     big = shards is not None and input_bytes(shards, storage_options) >= LOCAL_CLUSTER_MIN_BYTES
     return LOCAL if big else "threads"
@@ -79,6 +78,8 @@ def default_scheduler(work: Work, shards: Sequence[str] | None = None, storage_o
 
 def local_cluster(n_workers: int | None = None, memory_limit: str = "auto"):
     """A cluster on this machine: one worker per GPU with dask-cuda, else one process per core."""
+    from .backend import cuda_cluster_wanted
+
     if cuda_cluster_wanted():
         try:
             from dask_cuda import LocalCUDACluster
@@ -147,6 +148,8 @@ def dask_client(scheduler: str | None = None, *, work: Work = "compute", shards:
             return
         address = default_scheduler(work, shards, storage_options)
     if address in IN_PROCESS:
+        import dask
+
         with dask.config.set(scheduler=address):
             yield None
         return

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Sequence
 
 import dask
+import dask.threaded
 from dask.base import named_schedulers
 from dask.system import CPU_COUNT
 # plain text bars everywhere: tqdm.auto wants ipywidgets in Jupyter and warns without it
@@ -25,6 +27,8 @@ def active_client():
     """
     configured = dask.config.get("scheduler", None)
     if isinstance(configured, str) and configured.lower() in named_schedulers:
+        return None
+    if "distributed" not in sys.modules:  # never imported: no client can exist (and importing it costs ~0.25 s)
         return None
     try:
         from distributed import Client
@@ -68,7 +72,8 @@ def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=N
             return list(dask.compute(*tasks))  # "sync" runs in this thread; "processes" ends with its pool
         pool = ThreadPoolExecutor(CPU_COUNT, thread_name_prefix="imgcurate-dask")
         try:
-            return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+            # the threaded scheduler itself, not its name: naming it makes dask import distributed to look for a client
+            return list(dask.compute(*tasks, scheduler=dask.threaded.get, pool=pool))
         finally:
             # idle after a success; after an error or Ctrl-C, the tasks already running finish first
             pool.shutdown(wait=True, cancel_futures=True)
