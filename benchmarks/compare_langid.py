@@ -22,11 +22,9 @@ CAPTIONS = Path(__file__).resolve().parent / "langid_captions.tsv"
 
 
 def fasttext_lite():
-    from imgcurate.ops.captions import language_model
+    from imgcurate.ops.captions import caption_languages
 
-    model = language_model()
-    return lambda texts: [label[0].replace("__label__", "") for label in model.predict(
-        [t.replace("\n", " ") for t in texts], k=1)[0]]
+    return caption_languages
 
 
 def lingua():

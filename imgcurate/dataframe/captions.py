@@ -126,8 +126,8 @@ def filter_clip_score(df, threshold: float | None = None, top_fraction: float | 
         found = clip_score_threshold(df, top_fraction, progress=progress)
         log.info("clip score: top %g of %d scored rows is clip_score >= %s", top_fraction, found.scored, found.threshold)
         threshold = found.threshold if found.threshold is not None else math.inf
-    elif threshold is not None:
-        _check_threshold(threshold)
+    elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
     meta = mark_clip_score_partition(df._meta, threshold, stage)
     return df.map_partitions(mark_clip_score_partition, threshold, stage, meta=meta)
 

@@ -308,10 +308,12 @@ def language_model():
 def caption_languages(captions: Sequence[str]) -> list[str]:
     """fastText's most likely language of each caption (ISO 639 code), as DataComp predicts it: newlines
     replaced by spaces, the whole text (fastText reads the line itself, so any length is fine)."""
-    if not captions:
-        return []
-    labels, _ = language_model().predict([text.replace("\n", " ") for text in captions], k=1)
-    return [label[0].removeprefix("__label__") if label else None for label in labels]
+    model = language_model()
+    languages = []
+    for text in captions:  # one call per caption: fasttext-predict's list form returns no probabilities to unpack
+        labels, _ = model.predict(text.replace("\n", " "), k=1)
+        languages.append(labels[0].removeprefix("__label__") if labels else None)
+    return languages
 
 
 def _header_size(data: bytes) -> tuple[int, int] | Failure:

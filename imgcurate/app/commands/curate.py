@@ -9,7 +9,7 @@ def pipeline_from_args(args):
     """The pipeline the arguments describe: built from flags, or read from ``--config``."""
     from ...stages import (
         FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,
-        ImageWriterStage, Pipeline,
+        ImageTextAlignmentFilterStage, ImageTextBasicFilterStage, ImageWriterStage, Pipeline, UidSubsetStage,
     )
 
     if args.config:
@@ -27,14 +27,25 @@ def pipeline_from_args(args):
     if not args.input or not args.output:
         raise ValueError("give INPUT and --output, or a --config file that names them")
     on_error = "raise" if args.strict else "report"
+    if args.clip_score_min is not None and args.clip_score_top_fraction is not None:
+        raise ValueError("give --clip-score-min or --clip-score-top-fraction, not both")
+    verbose = not args.no_progress
+    # caption and uid checks first: the rows they drop are never embedded
+    captions = ([UidSubsetStage(save_uids=args.save_uids, on_error=on_error, verbose=verbose)] if args.save_uids else []) \
+        + ([ImageTextBasicFilterStage(on_error=on_error)] if args.basic_filter else [])
+    alignment = [ImageTextAlignmentFilterStage(args.clip_score_min, args.clip_score_top_fraction, on_error=on_error,
+                                               verbose=verbose)] \
+        if args.clip_score_min is not None or args.clip_score_top_fraction is not None else []
     return Pipeline(name="curate", stages=[
         FilePartitioningStage(args.input, file_extensions=(".tar", ".tar.gz", ".tgz")),
         ImageReaderStage(on_error=on_error),
+        *captions,
         ImageEmbeddingStage(args.model, args.pretrained, batch_size=args.batch_size, device=args.device, on_error=on_error),
+        *alignment,
         ImageAestheticFilterStage(args.aesthetic_threshold, weights=args.aesthetic_weights),
         ImageNSFWFilterStage(args.nsfw_threshold, weights=args.nsfw_weights),
         ImageWriterStage(args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
-                         keep_dropped=args.keep_dropped, verbose=not args.no_progress),
+                         keep_dropped=args.keep_dropped, verbose=verbose),
     ])
 
 
@@ -44,6 +55,9 @@ def run(args) -> int:
     if not pipeline.stages[-1].verbose:
         print(result)
     print_failures(result.write)
+    for stage in pipeline.stages:
+        if getattr(stage, "saved", None) is not None:
+            print(f"wrote {stage.saved.uids} uids to {stage.saved.path}")
     return 0
 
 
@@ -59,6 +73,18 @@ def register(sub) -> None:
                    help="keep images with aesthetic score >= T (LAION's ~1-10 scale; default 5.0)")
     p.add_argument("--nsfw-threshold", type=float, default=0.5, metavar="T",
                    help="keep images with NSFW score < T (0-1; default 0.5)")
+    p.add_argument("--clip-score-min", type=float, metavar="T",
+                   help="keep image-text pairs whose CLIP score (plain cosine, -1..1, by --model) is >= T, e.g. 0.28 "
+                        "(LAION) or 0.3 (DataComp, ViT-B/32); pairs without a caption are dropped")
+    p.add_argument("--clip-score-top-fraction", type=float, metavar="F",
+                   help="keep the top F (0-1] of the scored pairs over the whole input, exactly as DataComp's "
+                        "baselines (0.3 with ViT-L-14); the threshold used is recorded in _manifest.json")
+    p.add_argument("--basic-filter", action="store_true",
+                   help="DataComp's basic filter: English caption of more than 2 words and 5 characters, smaller "
+                        "image side >= 200 px, aspect ratio <= 3")
+    p.add_argument("--save-uids", metavar="SUBSET.npy",
+                   help="also write the uids of the written samples as DataComp's .npy (np.dtype('u8,u8') pairs, "
+                        "sorted); samples without a valid uid are failures (no_uid, bad_uid)")
     p.add_argument("--model", default="ViT-L-14", help="open_clip model name (default ViT-L-14, built with QuickGELU for OpenAI weights)")
     p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint file (default openai); 'random' for random "
                         "weights (a demonstration, not a curation)")
