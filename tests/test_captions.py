@@ -20,7 +20,7 @@ import imgcurate
 from captions_data import CAPTIONS, build_pairs_dataset
 from imgcurate.common import columns as C
 from imgcurate.models import TINY_MODEL, CLIPModel
-from imgcurate.ops.captions import EmbeddingModelMismatch, caption_languages, tokenizable
+from imgcurate.ops.captions import EmbeddingModelMismatch, caption_languages, encode_texts, tokenizable
 
 
 def _checkpoint(tmp_path, name: str, seed: int = 1):
@@ -143,6 +143,14 @@ def test_long_and_odd_captions_are_cut_as_open_clip_would_read_them():
     clip = CLIPModel(TINY_MODEL, pretrained="random", device="cpu")
     vectors = clip.embed_text(cut)
     assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("name", [TINY_MODEL, "ViT-B-32"])
+def test_text_encoding_without_padding_is_open_clips_encode_text(tmp_path, name):
+    """Batches cut after their longest caption give open_clip's own text embeddings (to 1e-5)."""
+    clip = CLIPModel(name, pretrained=str(_checkpoint(tmp_path, name)), device="cpu", batch_size=4)
+    texts = ["", "a", "a dog on a beach at sunset", "word " * 300, "漢字" * 40, "🙂 emoji", *CAPTIONS]
+    np.testing.assert_allclose(encode_texts(clip, texts), clip.embed_text(texts), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
