@@ -4,9 +4,7 @@ with real open_clip models (random weights, saved to checkpoint files) and real 
 from __future__ import annotations
 
 import io
-import math
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import open_clip

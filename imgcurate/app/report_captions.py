@@ -37,6 +37,10 @@ def clip_score_setting(manifest: dict[str, Any]) -> dict[str, Any]:
             used = stage.get("threshold_used") or {}
             return {"stage": stage.get("name"), "threshold": used.get("threshold", parameters.get("score_threshold")),
                     "top_fraction": parameters.get("top_fraction"), "scored": used.get("scored")}
+    recorded = manifest.get("clip_score")  # the Python recipe's manifest_extra={"clip_score": threshold.describe()}
+    if isinstance(recorded, dict) and "threshold" in recorded:
+        return {"stage": "clip_score", "threshold": recorded.get("threshold"), "top_fraction": recorded.get("top_fraction"),
+                "scored": recorded.get("scored")}
     return {}
 
 
@@ -55,14 +59,18 @@ def _extremes(directory: str, n: int, storage_options: dict | None) -> tuple[pa.
             table = parquet.read(columns=names)
         table = table.filter(pc.is_valid(table.column(C.CLIP_SCORE)))
         table = table.append_column("_tar", pa.array([url[: -len(".parquet")] + ".tar"] * len(table), pa.string()))
-        best.append(table.sort_by([(C.CLIP_SCORE, "descending")]).slice(0, n))
-        best.append(table.sort_by([(C.CLIP_SCORE, "ascending")]).slice(0, n))
+        if len(table) <= 2 * n:  # each row once: both ends of a small shard overlap
+            best.append(table)
+        else:
+            ordered = table.sort_by([(C.CLIP_SCORE, "descending")])
+            best += [ordered.slice(0, n), ordered.slice(len(ordered) - n)]
     if not best:
         empty = pa.table({name: [] for name in _COLUMNS})
         return empty, [], empty, []
-    pooled = pa.concat_tables(best, promote_options="permissive")
-    top = pooled.sort_by([(C.CLIP_SCORE, "descending")]).slice(0, n)
-    bottom = pooled.sort_by([(C.CLIP_SCORE, "ascending")]).slice(0, n)
+    pooled = pa.concat_tables(best, promote_options="permissive").sort_by([(C.CLIP_SCORE, "descending")])
+    n = min(n, -(-len(pooled) // 2))  # fewer than 2n pairs: the higher half, then the lower half
+    top = pooled.slice(0, n)
+    bottom = pooled.slice(n).sort_by([(C.CLIP_SCORE, "ascending")]).slice(0, n)
     return top, top.column("_tar").to_pylist(), bottom, bottom.column("_tar").to_pylist()
 
 

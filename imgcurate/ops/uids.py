@@ -162,7 +162,7 @@ def check_uid_file(path: str, storage_options: dict | None = None) -> int:
 
 def _read_header(f: BinaryIO, path: str, size: int) -> tuple[np.dtype, int, int]:
     """(dtype, count, data offset) of a subset file: a ``.npy`` file, or bare pairs as DataComp's resharder reads them."""
-    expected = f"np.dtype('u8,u8') (fields f0 and f1: the upper and lower 64 bits of each uid), as DataComp saves subsets"
+    expected = "np.dtype('u8,u8') (fields f0 and f1: the upper and lower 64 bits of each uid), as DataComp saves subsets"
     if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
         if size % UID_DTYPE.itemsize:
             raise UidSubsetError(f"{path!r} is neither a .npy file nor a whole number of 16-byte uid pairs; expected {expected}")
