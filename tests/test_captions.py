@@ -169,7 +169,7 @@ def scores_frame(values: np.ndarray, partitions: int, dropped_every: int = 0) ->
     return dd.from_pandas(frame, npartitions=partitions, sort=False)
 
 
-@pytest.mark.parametrize("fraction", [0.3, 0.1, 0.5, 0.999, 1.0, 1e-6])
+@pytest.mark.parametrize("fraction", [0.3, 0.1, 0.5, 0.999, 1.0, 1e-6, 0.965])
 @pytest.mark.parametrize("partitions", [1, 7, 40])
 def test_top_fraction_keeps_exactly_what_datacomps_get_threshold_keeps(fraction, partitions):
     rng = np.random.default_rng(0)
@@ -177,6 +177,9 @@ def test_top_fraction_keeps_exactly_what_datacomps_get_threshold_keeps(fraction,
     values = np.round(rng.normal(0.25, 0.06, 20_000), 3).astype(np.float32)
     values[::97] = 0.0
     values[::89] = -0.05
+    values[::83] = -0.0  # the same value as 0.0, with another bit pattern
+    values[::79] = -1e-40  # subnormals either side of zero
+    values[::73] = 1e-40
     expected = datacomp_threshold(values, fraction) if int(len(values) * fraction) < len(values) else values.min()
     found = imgcurate.clip_score_threshold(scores_frame(values, partitions), fraction)
     assert found.threshold == float(expected) and found.scored == len(values)

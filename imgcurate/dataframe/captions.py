@@ -24,7 +24,8 @@ log = logging.getLogger("imgcurate")
 CLIP_SCORE_STAGE = "clip_score"
 SELECT_UIDS_STAGE = "select_uids"
 PARTITIONS_PER_ROUND = 64  # partitions whose results the driver holds at once when it streams them
-MISSES_LISTED = 100_000  # uids of a subset absent from the input listed by name (all are counted)
+MISSES_LISTED = 100_000
+HISTOGRAM_TASKS = 32  # tasks per histogram pass of clip_score_threshold (each takes a run of partitions)  # uids of a subset absent from the input listed by name (all are counted)
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,8 +78,8 @@ def clip_score_threshold(df, top_fraction: float, *, progress: bool = False) -> 
     keeping ``score >= threshold`` keeps ties (``top_fraction=1`` keeps every scored row).
 
     Computed without gathering the scores: a 65,536-bin histogram of the upper 16 bits of each score's
-    float32 bit pattern (ordered like the values) per partition finds the bin holding that rank, and a second
-    histogram of the lower 16 bits within that bin finds the exact value. Two passes over ``clip_score``:
+    float32 bit pattern (ordered like the values), summed over partitions, finds the bin holding that rank,
+    and a second histogram of the lower 16 bits within that bin finds the exact value. Two passes over ``clip_score``:
     persist the frame first if computing it is expensive (``df = df.persist()``)."""
     import dask
 
@@ -89,13 +90,16 @@ def clip_score_threshold(df, top_fraction: float, *, progress: bool = False) -> 
     if C.CLIP_SCORE not in df.columns:
         raise ValueError(f"no '{C.CLIP_SCORE}' column: score the pairs first (imgcurate.clip_score)")
     parts = df.to_delayed()
-    upper = compute([dask.delayed(key_histogram)(part) for part in parts], desc="clip score threshold", progress=progress)
+    # a task takes a few partitions: a histogram pass costs little per row, so per-task overhead would dominate
+    per_task = max(1, len(parts) // HISTOGRAM_TASKS)
+    groups = [parts[i : i + per_task] for i in range(0, len(parts), per_task)]
+    upper = compute([dask.delayed(key_histogram)(group) for group in groups], desc="clip score threshold", progress=progress)
     scored = int(sum(counts.sum() for _, counts in upper))
     if scored == 0:
         return ClipScoreThreshold(None, top_fraction, 0, 0)
     rank = min(int(scored * top_fraction), scored - 1)  # a fraction of 1 keeps the lowest score too
     high, within = rank_in_histogram(upper, rank)
-    lower = compute([dask.delayed(key_histogram)(part, high) for part in parts], desc="clip score threshold",
+    lower = compute([dask.delayed(key_histogram)(group, high) for group in groups], desc="clip score threshold",
                     progress=progress)
     low, _ = rank_in_histogram(lower, within)
     key = (high << 16) | low

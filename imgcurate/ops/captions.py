@@ -19,6 +19,7 @@ pure and, on Dask's empty meta, returns the output columns without loading a mod
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from functools import lru_cache
@@ -288,19 +289,24 @@ def mark_clip_score_partition(frame, threshold: float | None, stage: str):
 # Exact top fraction: a two-pass radix selection over the scores' bit patterns
 
 
-def score_keys(frame) -> np.ndarray:
-    """The non-null, non-NaN ``clip_score`` values of the rows in play, as uint32 keys in the order of the
-    float32 values (sign bit flipped for positives, every bit for negatives; -0.0 counts as 0.0)."""
-    backend = backend_of(frame)
-    table = backend.to_arrow(frame)
-    if C.CLIP_SCORE not in table.column_names or not len(table):
-        return np.zeros(0, dtype=np.uint32)
+def score_values(frame) -> np.ndarray:
+    """The non-null, non-NaN ``clip_score`` values (float32) of the partition's rows in play."""
+    if C.CLIP_SCORE not in frame.columns or not len(frame):
+        return np.zeros(0, dtype=np.float32)
+    table = backend_of(frame).to_arrow(frame)
     scores = table.column(C.CLIP_SCORE).combine_chunks().cast(pa.float32())
-    keep = pc.and_(pa.array(in_play(table)), pc.fill_null(pc.invert(pc.is_nan(scores)), False))
-    values = scores.filter(keep).to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-    values[values == 0] = 0.0  # -0.0 and 0.0 are one value
-    bits = values.view(np.uint32)
-    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    everyone = all(table.column(name).null_count == len(table) for name in (C.ERROR, C.DROPPED_BY) if name in table.column_names)
+    if scores.null_count or not everyone:
+        scores = scores.filter(pa.array(in_play(table) & scores.is_valid().to_numpy(zero_copy_only=False)))
+    values = scores.to_numpy(zero_copy_only=False)
+    return values[~np.isnan(values)] if np.isnan(values).any() else values
+
+
+def score_keys(values: np.ndarray) -> np.ndarray:
+    """float32 scores as uint32 keys in the same order: the sign bit flipped for positives, every bit for
+    negatives (so more negative is smaller); -0.0 is counted as 0.0, one value with one key."""
+    bits = (values + np.float32(0.0)).view(np.uint32)  # adding +0.0 turns -0.0 into +0.0
+    return bits ^ ((np.uint32(0) - (bits >> np.uint32(31))) | np.uint32(0x80000000))
 
 
 def key_to_score(key: int) -> float:
@@ -309,17 +315,42 @@ def key_to_score(key: int) -> float:
     return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
 
 
-def key_histogram(frame, high_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse histogram (bins, counts) of the partition's score keys: over their upper 16 bits, or, with
-    ``high_bits``, over the lower 16 bits of the keys whose upper 16 bits are ``high_bits``."""
-    keys = score_keys(frame)
+_RAW_HIGH = np.arange(1 << 16, dtype=np.uint32)
+_KEY_HIGH = _RAW_HIGH ^ np.where(_RAW_HIGH & 0x8000, np.uint32(0xFFFF), np.uint32(0x8000))  # upper 16 bits: raw -> key
+_NEGATIVE_ZERO = np.uint32(0x80000000)
+
+
+def key_histogram(frames: Sequence, high_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse histogram (bins, counts) of the score keys of some partitions: over their upper 16 bits, or,
+    with ``high_bits``, over the lower 16 bits of the keys whose upper 16 bits are ``high_bits``.
+
+    The first pass counts the raw float bits' upper halves and maps the 65,536 bins to key order once
+    (the mapping is a permutation); the second looks only at the scores inside that bin's value range."""
+    counts = np.zeros(1 << 16, dtype=np.int64)
     if high_bits is None:
-        bins = keys >> np.uint32(16)
+        for frame in frames:
+            bits = score_values(frame).view(np.uint32)
+            if len(bits):
+                counts += np.bincount(bits >> np.uint32(16), minlength=1 << 16)
+                moved = np.count_nonzero(bits == _NEGATIVE_ZERO)  # -0.0 belongs with 0.0
+                counts[0x8000] -= moved
+                counts[0] += moved
+        keyed = np.zeros_like(counts)
+        keyed[_KEY_HIGH] = counts
+        counts = keyed
     else:
-        bins = keys[(keys >> np.uint32(16)) == high_bits] & np.uint32(0xFFFF)
-    counts = np.bincount(bins, minlength=1 << 16) if len(bins) else np.zeros(0, dtype=np.int64)
+        low, high = key_to_score(high_bits << 16), key_to_score((high_bits << 16) | 0xFFFF)
+        low = -math.inf if math.isnan(low) else low  # the bins of the infinities reach into NaN bit patterns
+        high = math.inf if math.isnan(high) else high
+        for frame in frames:
+            values = score_values(frame)
+            inside = values[(values >= low) & (values <= high)]
+            keys = score_keys(inside)
+            keys = keys[(keys >> np.uint32(16)) == high_bits]  # the range's ends can hold a zero of the other sign
+            if len(keys):
+                counts += np.bincount(keys & np.uint32(0xFFFF), minlength=1 << 16)
     present = np.flatnonzero(counts)
-    return present.astype(np.uint32), counts[present].astype(np.int64)
+    return present.astype(np.uint32), counts[present]
 
 
 def rank_in_histogram(histograms: list[tuple[np.ndarray, np.ndarray]], rank: int) -> tuple[int, int]:
