@@ -33,7 +33,9 @@ class ImageTextAlignmentFilterStage(Stage):
     without an embedding stage the images are embedded here (default: OpenAI's ViT-L/14)."""
 
     name = "clip_score"
-    provides = (C.CLIP_SCORE, C.CAPTION_PROBLEM, C.EMBEDDING, C.EMBEDDING_MODEL)
+    # the image embeddings it makes without an embedding stage are not advertised: a stage that needs them
+    # (the LAION heads) asks for ImageEmbeddingStage, whose model this stage then uses
+    provides = (C.CLIP_SCORE, C.CAPTION_PROBLEM)
     failure_reasons = IMAGE_REASONS  # when it embeds the images itself
 
     def __init__(self, score_threshold: float | None = None, top_fraction: float | None = None,
