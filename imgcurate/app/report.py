@@ -22,6 +22,7 @@ import duckdb
 
 from ..common import columns as C
 from .._version import __version__
+from .report_captions import captions_section, has_clip_scores
 from .display import gallery_html, html_table, output_tiles, shard_files, stage_rows, write_result_html
 from ..io.paths import filesystem, writable_path
 from ..io.outputdir import DROPPED_DIR, MANIFEST_FILE
@@ -193,6 +194,8 @@ def _scores_section(con, tables: dict[str, Any], manifest: dict[str, Any]) -> st
             f"<figure style='margin:0'>{histogram_svg(histogram, SCORE_TITLES[column], setting.get('rule'), setting.get('stage'))}"
             f"<figcaption class='meta'>{s['count']} samples; min {s['min']:.4g}, median {s['median']:.4g}, "
             f"mean {s['mean']:.4g}, max {s['max']:.4g}; {html.escape(threshold_text)}</figcaption></figure>")
+    if not charts and has_clip_scores(tables):
+        return "<p class='meta'>No aesthetic or NSFW scores in this output; its CLIP scores are charted below.</p>"
     if not charts:
         return ("<p class='note'>No scores: this output was written without embedding and scoring "
                 "(for example by <code>imgcurate reshard</code> or <code>export</code>), so there is nothing to chart.</p>")
@@ -269,6 +272,7 @@ def report_html(dataset: str, thumbnails: int = 24, storage_options: dict | None
         for name, table in tables.items():
             con.register(name, table)
         scores = _scores_section(con, tables, manifest)
+        pairs = captions_section(con, tables, manifest, directory, thumbnails, storage_options) if has_clip_scores(tables) else ""
         failures = _failures_section(con, tables, counts)
     finally:
         con.close()
@@ -304,7 +308,7 @@ def report_html(dataset: str, thumbnails: int = 24, storage_options: dict | None
         "<h2>Counts</h2>", write_result_html(_result_of(directory, manifest)),
         stages,
         "<h2>Models</h2>", _models_section(manifest),
-        "<h2>Scores</h2>", scores,
+        "<h2>Scores</h2>", scores, pairs,
         "<h2>Failures</h2>", failures,
         "<h2>Kept samples</h2>", _gallery_section(directory, thumbnails, counts.get("written", 0), storage_options,
                                               "No samples were written."),

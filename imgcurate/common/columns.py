@@ -41,6 +41,14 @@ EMBEDDING = "embedding"
 EMBEDDING_MODEL = "embedding_model"  # CLIPModel.model_id of what made `embedding` (and `text_embedding`)
 TEXT_EMBEDDING = "text_embedding"
 CLIP_SCORE = "clip_score"
+# why an image that is fine has no text embedding or clip score: common/errors.CAPTION_REASONS (not a failure)
+CAPTION_PROBLEM = "caption_problem"
+CAPTION_LANGUAGE = "caption_language"
+UID = "uid"  # DataComp's sample id: 32 hexadecimal digits, from the .json or the sidecar Parquet
+ORIGINAL_WIDTH = "original_width"  # img2dataset's size of the image before it resized it
+ORIGINAL_HEIGHT = "original_height"
+IMAGE_WIDTH = "image_width"  # the stored image's size, read from its header (basic filter, without img2dataset's)
+IMAGE_HEIGHT = "image_height"
 AESTHETIC_SCORE = "aesthetic_score"
 NSFW_SCORE = "nsfw_score"
 
@@ -55,10 +63,11 @@ READER_COLUMNS = (
 )
 
 # Not written into a sample's .json: the image itself, what the tar member names already
-# say, provenance of this particular copy, and vectors (Parquet only).
+# say, provenance of this particular copy, and vectors (Parquet only) with the name of the model
+# that made them (one value for the whole run, so it stays beside the vectors and in the manifest).
 NOT_IN_SAMPLE_JSON = (
     KEY, IMAGE, IMAGE_EXT, IMAGE_NBYTES, CAPTION, CLS, EXTRA_JSON, EXTRA_MEMBERS,
-    SOURCE_SHARD, SOURCE_INDEX, *ERROR_COLUMNS, DROPPED_BY, EMBEDDING,
+    SOURCE_SHARD, SOURCE_INDEX, *ERROR_COLUMNS, DROPPED_BY, EMBEDDING, TEXT_EMBEDDING, EMBEDDING_MODEL,
 )
 
 

@@ -51,6 +51,8 @@ SAMPLE_REASONS = {
     "decode_error": "the image bytes could not be decoded",
     "image_too_large": "the image exceeds the pixel limit",
     "unreadable_image": "the image bytes could not be read back from the source shard",
+    "no_uid": "the sample has no uid, so it cannot be selected or saved by uid",
+    "bad_uid": "the sample's uid is not 32 hexadecimal digits",
 }
 MEMBER_REASONS = {
     "unsafe_member_name": "member path is absolute or escapes the shard",
@@ -70,6 +72,14 @@ SHARD_REASONS = {
     "invalid_sidecar": "sidecar Parquet could not be read or has no 'key' column",
 }
 REASONS = {**SAMPLE_REASONS, **MEMBER_REASONS, **SHARD_REASONS}
+
+# Not failures: why a sample whose image is fine has no text embedding and no CLIP score. The row
+# stays in play with null ``text_embedding`` / ``clip_score`` and this code in ``caption_problem``;
+# a CLIP-score filter drops it as ``clip_score:<code>``. A caption is never scored as empty text.
+CAPTION_REASONS = {
+    "no_caption": "the sample has no caption (no .txt member, or one that was rejected as invalid_caption)",
+    "empty_caption": "the caption is empty or only whitespace",
+}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ function on the input's empty meta (so mistakes show up when the call is made, b
 is read).
 """
 
+from .captions import (
+    basic_filter, check_uids, clip_score, clip_score_threshold, embed_text, filter_clip_score, save_uids, select_uids,
+    uid_subset_misses,
+)
 from .embed import embed, score_aesthetic, score_nsfw, score_with
 from .select import (
     filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
@@ -13,4 +17,6 @@ from .validate import validate_images
 __all__ = [
     "where", "mark_where", "mark_dropped", "ok_rows", "filter_aesthetic", "filter_nsfw", "mark_below_threshold",
     "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images",
+    "embed_text", "clip_score", "clip_score_threshold", "filter_clip_score", "basic_filter", "check_uids", "select_uids",
+    "save_uids", "uid_subset_misses",
 ]

@@ -6,6 +6,8 @@ bytes there), decodes them, embeds them, and optionally scores the embeddings wi
 the same pass, so each image is decoded and embedded once. Rows that already failed or were
 dropped are passed through untouched. Images that cannot be fetched or decoded become failure
 rows (``error`` = reason code) under the ``on_error`` policy; their embedding and scores are null.
+Each embedded row also gets ``embedding_model``, the model's id (``CLIPModel.model_id``), so later
+steps can refuse to compare it with vectors of another model.
 
 :func:`score_partition` scores an existing ``embedding`` column.
 
@@ -53,11 +55,26 @@ def _scores_array(scores: np.ndarray, rows: np.ndarray, n: int) -> pa.Array:
     return pa.array(values, pa.float32(), mask=~valid)
 
 
+def _model_ids(model_id: str, rows: np.ndarray, n: int) -> pa.Array:
+    valid = np.zeros(n, dtype=bool)
+    valid[rows] = True
+    return pc.if_else(pa.array(valid), pa.scalar(model_id, pa.string()), pa.nulls(n, pa.string()))
+
+
+def _kept_where_null(table: pa.Table, name: str, new: pa.Array) -> pa.Array:
+    """``new``, with the column's existing values where ``new`` is null (only some rows were computed)."""
+    if name not in table.column_names:
+        return new
+    old = table.column(name).combine_chunks() if table.num_rows else pa.array([], new.type)
+    return pc.if_else(pc.is_valid(new), new, old.cast(new.type))
+
+
 def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_error: str = "report",
-                storage_options: dict | None = None) -> pa.Table:
-    """:func:`embed_partition` on an Arrow table."""
+                storage_options: dict | None = None, rows: np.ndarray | None = None) -> pa.Table:
+    """:func:`embed_partition` on an Arrow table; ``rows`` (default: every row in play) are the rows to
+    embed, the others keep what their ``embedding`` and ``embedding_model`` columns already hold."""
     n = len(table)
-    todo = np.flatnonzero(in_play(table))
+    todo = np.flatnonzero(in_play(table)) if rows is None else np.asarray(rows, dtype=np.int64)
     prep = Preprocess.from_open_clip(embedder.preprocess)
     runtime = embedder.runtime()  # decided here, on the worker
     chunk = max(1, runtime.batch_size * CHUNK_BATCHES)
@@ -77,9 +94,10 @@ def embed_table(table: pa.Table, embedder, *, aesthetic=None, nsfw=None, on_erro
         if pixels:
             vectors.append(embedder.embed_pixels(_stack(pixels)))
             embedded_rows.append(np.asarray(good, dtype=np.int64))
-    rows = np.concatenate(embedded_rows) if embedded_rows else np.zeros(0, dtype=np.int64)
+    rows = np.concatenate(embedded_rows) if embedded_rows else np.zeros(0, dtype=np.int64)  # the rows embedded
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
-    table = set_column(table, C.EMBEDDING, _embeddings_array(matrix, rows, n, embedder.dim))
+    table = set_column(table, C.EMBEDDING, _kept_where_null(table, C.EMBEDDING, _embeddings_array(matrix, rows, n, embedder.dim)))
+    table = set_column(table, C.EMBEDDING_MODEL, _kept_where_null(table, C.EMBEDDING_MODEL, _model_ids(embedder.model_id, rows, n)))
     for column, scorer in ((C.AESTHETIC_SCORE, aesthetic), (C.NSFW_SCORE, nsfw)):
         if scorer is not None:
             table = set_column(table, column, _scores_array(scorer.score(matrix), rows, n))

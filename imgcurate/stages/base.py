@@ -35,6 +35,7 @@ class Context:
     storage_options: dict | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
     random_weights: bool = False
+    clip: Any = None  # the CLIP model whose vectors the frame holds (text and image embeddings must share it)
 
 
 class Stage:
@@ -53,6 +54,9 @@ class Stage:
     def apply(self, df, context: Context):
         """Return the transformed Dask DataFrame (``df`` is None for the first stages)."""
         return df
+
+    def after_write(self, result, context: Context) -> None:
+        """Called with the writer's result once the output is complete (e.g. to save what was written)."""
 
     def parameters(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -57,6 +57,7 @@ class ImageEmbeddingStage(Stage):
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             raise PipelineError(f"{type(self).__name__}: {exc}") from exc
         description = embedder.describe()
+        context.clip = embedder
         context.models.append({"stage": self.name, **description})
         context.random_weights |= bool(description.get("random_weights"))
 

@@ -10,6 +10,7 @@ from typing import Any
 from ..common.errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
 from ..io.writer import WriteResult
 from .base import Context, Stage
+from .captions import ImageTextAlignmentFilterStage, ImageTextBasicFilterStage, UidSubsetStage
 from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
 from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 
@@ -17,9 +18,10 @@ log = logging.getLogger("imgcurate")
 
 # the stages a configuration file can name, by class name
 STAGES = {cls.__name__: cls for cls in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage,
-                                        ImageAestheticFilterStage, ImageNSFWFilterStage, ImageWriterStage)}
+                                        ImageAestheticFilterStage, ImageNSFWFilterStage, ImageTextAlignmentFilterStage,
+                                        ImageTextBasicFilterStage, UidSubsetStage, ImageWriterStage)}
 # stages that make sense once per pipeline
-ONCE = (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, ImageWriterStage)
+ONCE = (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, UidSubsetStage, ImageWriterStage)
 
 
 @dataclass
@@ -64,6 +66,7 @@ def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, 
     failed = counts.get("failed_by_reason", {})
     dropped = counts.get("dropped_by_stage", {})
     remaining = counts["read"]
+    attributed: set[str] = set()  # a reason two stages can cause is counted once, at the first of them
     table = []
     for stage in stages:
         if isinstance(stage, FilePartitioningStage):
@@ -72,11 +75,17 @@ def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, 
         if isinstance(stage, ImageWriterStage):
             row.update(out=counts["written"])
         else:
-            lost = {r: failed[r] for r in stage.failure_reasons if failed.get(r)}
+            lost = {r: failed[r] for r in stage.failure_reasons if failed.get(r) and r not in attributed}
+            attributed.update(stage.failure_reasons)
             if lost:
                 row["failed"] = lost
-            if dropped.get(stage.name):
-                row["filtered"] = dropped[stage.name]
+            # a stage filtering by several rules labels rows "<stage>:<rule>"
+            by_rule = {label: n for label, n in dropped.items() if label.startswith(stage.name + ":")}
+            filtered = dropped.get(stage.name, 0) + sum(by_rule.values())
+            if filtered:
+                row["filtered"] = filtered
+            if by_rule:
+                row["filtered_by_rule"] = {label.split(":", 1)[1]: n for label, n in sorted(by_rule.items())}
             if isinstance(stage, ImageReaderStage):
                 row["in"] = None  # samples come into being here
                 members = {r: n for r, n in counts.get("rejected_members_by_reason", {}).items() if r in MEMBER_REASONS}
@@ -85,7 +94,7 @@ def stage_counts(stages: list[Stage], counts: dict[str, Any]) -> list[dict[str, 
                     row["rejected_members"] = members
                 if shards:
                     row["rejected_shards"] = shards
-            remaining -= sum(lost.values()) + dropped.get(stage.name, 0)
+            remaining -= sum(lost.values()) + filtered
             row["out"] = remaining
         table.append(row)
     return table
@@ -95,7 +104,7 @@ def stage_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'stage':<10} {'in':>8} {'out':>8}  notes"]
     for row in rows:
         notes = []
-        for key in ("failed", "filtered", "rejected_members", "rejected_shards"):
+        for key in ("failed", "filtered", "filtered_by_rule", "rejected_members", "rejected_shards"):
             if row.get(key):
                 value = row[key]
                 notes.append(f"{key} " + (", ".join(f"{r} {n}" for r, n in value.items()) if isinstance(value, dict) else str(value)))
@@ -213,6 +222,8 @@ class Pipeline:
                         "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts)}
 
             written = writer.write(df, context, manifest_extra)
+            for stage in self.stages:
+                stage.after_write(written, context)
         result = PipelineResult(self.name, written, written.manifest["stage_counts"])
         if verbose:
             print(result)

@@ -26,6 +26,9 @@ FLAG_TARGETS: dict[str, tuple[str, str]] = {
     "images_per_tar": ("ImageWriterStage", "images_per_tar"),
     "keep_dropped": ("ImageWriterStage", "keep_dropped"),
     "overwrite": ("ImageWriterStage", "overwrite"),
+    "clip_score_min": ("ImageTextAlignmentFilterStage", "score_threshold"),
+    "clip_score_top_fraction": ("ImageTextAlignmentFilterStage", "top_fraction"),
+    "save_uids": ("UidSubsetStage", "save_uids"),
 }
 DEFAULTS: dict[str, Any] = {"model": "ViT-L-14", "pretrained": "openai", "aesthetic_threshold": 5.0, "nsfw_threshold": 0.5,
                             "images_per_tar": 1000}
@@ -41,12 +44,14 @@ def pipeline_from_args(args):
     from ...common.errors import PipelineError
     from ...stages import (
         FilePartitioningStage, ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage, ImageReaderStage,
-        ImageWriterStage, Pipeline,
+        ImageTextAlignmentFilterStage, ImageTextBasicFilterStage, ImageWriterStage, Pipeline, UidSubsetStage,
     )
 
     given = _given(args)
     on_error = "raise" if args.strict else "report"
     if args.config:
+        if args.basic_filter:
+            raise PipelineError(f"--basic-filter adds a stage; with --config, add ImageTextBasicFilterStage to {args.config}")
         pipeline = Pipeline.from_yaml(args.config)
         by_class = {type(stage).__name__: stage for stage in pipeline.stages}
         for dest, value in given.items():
@@ -66,15 +71,26 @@ def pipeline_from_args(args):
     if not args.input or not args.output:
         raise ValueError("give INPUT and --output, or a --config file that names them")
     value = {dest: given.get(dest, DEFAULTS.get(dest)) for dest in FLAG_TARGETS}
+    if value["clip_score_min"] is not None and value["clip_score_top_fraction"] is not None:
+        raise ValueError("give --clip-score-min or --clip-score-top-fraction, not both")
+    verbose = not args.no_progress
+    # caption and uid checks first: the rows they drop are never embedded
+    captions = ([UidSubsetStage(save_uids=value["save_uids"], on_error=on_error, verbose=verbose)] if value["save_uids"] else []) \
+        + ([ImageTextBasicFilterStage(on_error=on_error)] if args.basic_filter else [])
+    alignment = [ImageTextAlignmentFilterStage(value["clip_score_min"], value["clip_score_top_fraction"], on_error=on_error,
+                                               verbose=verbose)] \
+        if value["clip_score_min"] is not None or value["clip_score_top_fraction"] is not None else []
     return Pipeline(name="curate", stages=[
         FilePartitioningStage(value["input"], file_extensions=(".tar", ".tar.gz", ".tgz")),
         ImageReaderStage(on_error=on_error),
+        *captions,
         ImageEmbeddingStage(value["model"], value["pretrained"], batch_size=value["batch_size"], device=value["device"],
                             on_error=on_error),
+        *alignment,
         ImageAestheticFilterStage(value["aesthetic_threshold"], weights=value["aesthetic_weights"]),
         ImageNSFWFilterStage(value["nsfw_threshold"], weights=value["nsfw_weights"]),
         ImageWriterStage(value["output"], images_per_tar=value["images_per_tar"], overwrite=bool(value["overwrite"]),
-                         keep_dropped=bool(value["keep_dropped"]), verbose=not args.no_progress),
+                         keep_dropped=bool(value["keep_dropped"]), verbose=verbose),
     ])
 
 
@@ -84,6 +100,9 @@ def run(args) -> int:
     if not pipeline.stages[-1].verbose:
         print(result)
     print_failures(result.write)
+    for stage in pipeline.stages:
+        if getattr(stage, "saved", None) is not None:
+            print(f"wrote {stage.saved.uids} uids to {stage.saved.path}")
     return 0
 
 
@@ -99,6 +118,18 @@ def register(sub) -> None:
                    help="keep images with aesthetic score >= T (LAION's ~1-10 scale; default 5.0)")
     p.add_argument("--nsfw-threshold", type=float, metavar="T",
                    help="keep images with NSFW score < T (0-1; default 0.5)")
+    p.add_argument("--clip-score-min", type=float, metavar="T",
+                   help="keep image-text pairs whose CLIP score (plain cosine, -1..1, by --model) is >= T, e.g. 0.28 "
+                        "(LAION) or 0.3 (DataComp, ViT-B/32); pairs without a caption are dropped")
+    p.add_argument("--clip-score-top-fraction", type=float, metavar="F",
+                   help="keep the top F (0-1] of the scored pairs over the whole input, exactly as DataComp's "
+                        "baselines (0.3 with ViT-L-14); the threshold used is recorded in _manifest.json")
+    p.add_argument("--basic-filter", action="store_true",
+                   help="DataComp's basic filter: English caption of more than 2 words and 5 characters, smaller "
+                        "image side >= 200 px, aspect ratio <= 3")
+    p.add_argument("--save-uids", metavar="SUBSET.npy",
+                   help="also write the uids of the written samples as DataComp's .npy (np.dtype('u8,u8') pairs, "
+                        "sorted); samples without a valid uid are failures (no_uid, bad_uid)")
     p.add_argument("--model", help="open_clip model name (default ViT-L-14, built with QuickGELU for OpenAI weights)")
     p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file (default openai); 'random' for random "
                         "weights (a demonstration, not a curation)")

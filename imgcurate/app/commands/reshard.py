@@ -8,7 +8,7 @@ from .options import add_output, add_scheduler, add_validate_images, check_befor
 
 
 def run(args) -> int:
-    from ...dataframe import mark_where, validate_images
+    from ...dataframe import check_uids, mark_where, validate_images
     from ...io.reader import read_webdataset
     from ...io.writer import write_webdataset
 
@@ -20,9 +20,19 @@ def run(args) -> int:
             df = mark_where(df, args.where, stage="where")
         if args.validate_images:  # after the predicate: rows it drops are not copied, so need no check
             df = validate_images(df, on_error=on_error)
+        save_uids = getattr(args, "save_uids", None)
+        if save_uids:  # a sample the uid file cannot list is not written either
+            df = check_uids(df, on_error=on_error)
         result = write_webdataset(df, args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
                                   progress=not args.no_progress)
-    return print_result(result)
+        if save_uids:
+            from ...stages.captions import save_written_uids
+
+            saved = save_written_uids(result.output_dir, save_uids, progress=not args.no_progress)
+    status = print_result(result)
+    if save_uids:
+        print(f"wrote {saved.uids} uids to {saved.path}")
+    return status
 
 
 def register(sub) -> None:
@@ -42,6 +52,9 @@ def register(sub) -> None:
                                    "reshard them exactly as `reshard` does.")
     p.add_argument("input", help="directory, glob, brace range or file of .tar/.tar.gz shards")
     p.add_argument("--where", required=True, metavar="PREDICATE", help="SQL boolean expression over metadata columns")
+    p.add_argument("--save-uids", metavar="SUBSET.npy",
+                   help="also write the uids of the written samples as DataComp's .npy (np.dtype('u8,u8') pairs, "
+                        "sorted); samples without a valid uid are failures (no_uid, bad_uid)")
     add_output(p)
     add_validate_images(p)
     add_scheduler(p, "copy")
