@@ -100,6 +100,21 @@ def wds_testdata() -> Path:
     return WDS_TESTDATA
 
 
+@pytest.fixture(params=["compiled", "python"])
+def reader_loops(request, monkeypatch):
+    """Each way of reading a plain shard: the compiled loops (when built: the file walked through a
+    small window, members and images read by range) and the Python ones (the file mapped, walked in
+    Python, checked with numpy)."""
+    from imgcurate.io import ranges, tarindex
+
+    if request.param == "compiled" and tarindex._fastio is None:
+        pytest.skip("imgcurate was installed without its C extension")
+    if request.param == "python":
+        monkeypatch.setattr(tarindex, "_fastio", None)
+        monkeypatch.setattr(ranges, "_fastio", None)
+    return request.param
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> Path:
     """A tar of regular-file members, in the order given."""
     with tarfile.open(path, "w", format=fmt) as tar:

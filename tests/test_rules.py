@@ -9,7 +9,6 @@ from __future__ import annotations
 import tarfile
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from webdataset.tariterators import base_plus_ext
@@ -101,21 +100,9 @@ def test_plain_names_need_no_normalisation():
         assert not rules.is_plain_name(name)
 
 
-@pytest.fixture(params=["compiled", "python"])
-def fast_path(request, monkeypatch):
-    from imgcurate.io import ranges
-
-    if request.param == "compiled" and tarindex._fastio is None:
-        pytest.skip("imgcurate was installed without its C extension")
-    if request.param == "python":
-        monkeypatch.setattr(tarindex, "_fastio", None)
-        monkeypatch.setattr(ranges, "_fastio", None)
-    return request.param
-
-
 @RULES
 @given(st.lists(st.tuples(hostile_names(), st.binary(max_size=20)), min_size=1, max_size=8))
-def test_hostile_shards_read_the_same_by_the_fast_path_and_the_scanner(tmp_path_factory, fast_path, members):
+def test_hostile_shards_read_the_same_by_the_fast_path_and_the_scanner(tmp_path_factory, reader_loops, members):
     """Whatever the names, a shard reads the same whether the fast path takes it or hands it to the scanner."""
     path = tmp_path_factory.mktemp("rules") / "00000.tar"
     try:

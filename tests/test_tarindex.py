@@ -20,20 +20,9 @@ from conftest import build_photo_dataset, write_tar
 from imgcurate.io.reader import ShardTask, read_partition_table, read_plain_shard, read_shard_samples
 from imgcurate.io.jsontext import parse_json
 from imgcurate.io.schema import shard_table
-from imgcurate.io import ranges, tarindex
 from imgcurate.io.tarindex import _octal_fields, index_plain_tar
 
-@pytest.fixture(params=["compiled", "python"], autouse=True)
-def scanner(request, monkeypatch):
-    """Every test runs with each way of reading a plain shard: the compiled loops (when built: the
-    file walked through a small window, members and images read by range) and the Python ones
-    (the file mapped, walked in Python, checked with numpy)."""
-    if request.param == "compiled" and tarindex._fastio is None:
-        pytest.skip("imgcurate was installed without its C extension")
-    if request.param == "python":
-        monkeypatch.setattr(tarindex, "_fastio", None)
-        monkeypatch.setattr(ranges, "_fastio", None)
-    return request.param
+pytestmark = pytest.mark.usefixtures("reader_loops")  # every test runs with the compiled loops and the Python ones
 
 
 def both_ways(path: Path, with_images: bool):
