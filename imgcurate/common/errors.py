@@ -51,6 +51,7 @@ SAMPLE_REASONS = {
     "decode_error": "the image bytes could not be decoded",
     "image_too_large": "the image exceeds the pixel limit",
     "unreadable_image": "the image bytes could not be read back from the source shard",
+    "hash_decode_error": "the image could not be decoded to compute its perceptual hash (pHash)",
 }
 MEMBER_REASONS = {
     "unsafe_member_name": "member path is absolute or escapes the shard",

@@ -4,6 +4,7 @@ function on the input's empty meta (so mistakes show up when the call is made, b
 is read).
 """
 
+from .dedup import dedup, hash_images, mark_duplicates
 from .embed import embed, score_aesthetic, score_nsfw, score_with
 from .select import (
     filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
@@ -12,5 +13,5 @@ from .validate import validate_images
 
 __all__ = [
     "where", "mark_where", "mark_dropped", "ok_rows", "filter_aesthetic", "filter_nsfw", "mark_below_threshold",
-    "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images",
+    "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images", "hash_images", "mark_duplicates", "dedup",
 ]
