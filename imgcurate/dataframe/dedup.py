@@ -149,7 +149,9 @@ def _route(marks, destination, npartitions: int):
     """``marks`` moved to the partitions ``destination`` (a partition function setting ``_dest``) names:
     partition k of the result holds the marks destined to partition k (a shuffle of the marks only)."""
     destined = marks.map_partitions(destination, meta=destination(marks._meta))
-    return destined.set_index(D.DEST, divisions=list(range(npartitions + 1)))
+    # partition k now holds what belongs to partition k of another frame: the frames are zipped by
+    # position, and the result must keep that frame's divisions, not these
+    return destined.set_index(D.DEST, divisions=list(range(npartitions + 1))).clear_divisions()
 
 
 def _to_marked_sample(marks: pd.DataFrame) -> pd.DataFrame:
@@ -226,6 +228,8 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
     duplicate, never what another duplicates. Bad parameters raise ValueError here, before any
     partition is computed (``n_clusters`` is checked against the number of rows, which are counted).
     """
+    import dask.dataframe as dd
+
     from ..common.errors import check_on_error
 
     check_on_error(on_error)
@@ -268,10 +272,39 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
     routed = _route(attached, _to_marked_sample, npartitions)
     took_part = signatures[[D.ROW]]
     meta = D.apply_marks(df._meta, _attached_meta(marks._meta, signatures._meta), method, took_part._meta)
-    return df.map_partitions(D.apply_marks, routed, method, took_part, align_dataframes=False, meta=meta)
+    marked = df.map_partitions(D.apply_marks, routed, method, took_part, align_dataframes=False, meta=meta)
+    # one leaf for Dask: a mask such as marked[~marked.is_duplicate] is then known to share the frame's
+    # partitions (with the shuffles above as its ancestors Dask would align the two by index, which
+    # repeats across partitions)
+    return dd.from_delayed(marked.to_delayed(), meta=meta, divisions=df.divisions, verify_meta=False)
 
 
 def dedup(df, method: str, **options):
     """:func:`mark_duplicates` followed by the mask ``~is_duplicate``: the frame without its duplicates."""
     marked = mark_duplicates(df, method, **options)
     return marked[~marked[C.IS_DUPLICATE]]
+
+
+def dedup_summary(marked, method: str, *, max_distance: int = DEFAULT_MAX_DISTANCE, eps: float = DEFAULT_EPS,
+                  parameters: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+    """What ``marked`` (a result of :func:`mark_duplicates`, best persisted first: this computes it)
+    holds, for the manifest and the report: samples considered, duplicates, samples that took no
+    part and why, the distances of the duplicates (pHash: per Hamming distance; semantic: the
+    histogram of ``max_similarity``), duplicates against the threshold (pHash: each
+    ``max_distance`` up to the one used; semantic: a grid of ``eps``), and the first example
+    pairs at each distance, both samples located in their source shards."""
+    import dask
+
+    from ..common.progress import compute
+
+    parts = [dask.delayed(D.summary_partition)(part, method, max_distance, eps) for part in marked.to_delayed()]
+    summary = D.combine_summaries(compute(parts, desc="dedup summary", progress=progress), method, eps)
+    wanted = sorted({(e["original"][C.SOURCE_SHARD], e["original"][C.SOURCE_INDEX]) for e in summary["examples"]})
+    if wanted:
+        found = compute([dask.delayed(D.lookup_samples)(part, wanted) for part in marked.to_delayed()],
+                        desc="dedup examples", progress=progress)
+        located = {(s[C.SOURCE_SHARD], s[C.SOURCE_INDEX]): s for part in found for s in part}
+        for example in summary["examples"]:
+            original = example["original"]
+            example["original"] = located.get((original[C.SOURCE_SHARD], original[C.SOURCE_INDEX]), original)
+    return {"method": method, "parameters": parameters or {}, **summary}

@@ -516,3 +516,107 @@ def _values_at(n: int, positions: np.ndarray, values: np.ndarray, typ: pa.DataTy
     out[positions], valid[positions] = values, True
     return pa.array(out, typ, mask=~valid)
 
+
+
+# ---------------------------------------------------------------------------------------
+# What a run found (for the manifest and the report)
+
+EPS_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+SIMILARITY_BINS = 50
+EXAMPLES_PER_DISTANCE = 2
+KEY_COLUMN = {"exact": C.IMAGE_SHA256, "phash": C.PHASH, "semantic": C.CLUSTER}
+SAMPLE_FIELDS = (C.SOURCE_SHARD, C.SOURCE_INDEX, C.KEY, C.IMAGE_EXT, C.IMAGE_OFFSET, C.IMAGE_NBYTES)
+
+
+def _mask(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).is_valid().to_numpy(zero_copy_only=False) if name in table.column_names \
+        else np.zeros(len(table), dtype=bool)
+
+
+def example_bucket(method: str, distance: np.ndarray, similarity: np.ndarray, eps: float) -> np.ndarray:
+    """The distance bucket of each duplicate for the example pairs: the Hamming distance (pHash), a
+    third of the [1 - eps, 1] similarity range (semantic), 0 (exact)."""
+    if method == "phash":
+        return distance.astype(np.int64)
+    if method == "semantic":
+        return np.clip(np.floor((1.0 - similarity) / eps * 3), 0, 2).astype(np.int64)
+    return np.zeros(len(distance), dtype=np.int64)
+
+
+def summary_partition(frame, method: str, max_distance: int, eps: float) -> dict:
+    """One partition's share of a run's summary (combined by :func:`combine_summaries`): counts,
+    the distances of duplicates, the curve of duplicates against the threshold, and the first
+    example pairs at each distance."""
+    table = backend_of(frame).to_arrow(frame)
+    playing = in_play(table)
+    has_key = _mask(table, KEY_COLUMN[method])
+    considered = playing & has_key
+    duplicate = considered & table.column(C.IS_DUPLICATE).fill_null(False).to_numpy(zero_copy_only=False)
+    out: dict = {"rows": len(table), "considered": int(considered.sum()), "duplicates": int(duplicate.sum()),
+                 "failed": int(_mask(table, C.ERROR).sum()), "dropped_before": int((~playing & ~_mask(table, C.ERROR)).sum()),
+                 f"no_{KEY_COLUMN[method]}": int((playing & ~has_key).sum())}
+    distance = np.zeros(len(table))
+    similarity = np.zeros(len(table))
+    if method == "phash":
+        distance = pc.fill_null(table.column(C.PHASH_DISTANCE), 0).to_numpy(zero_copy_only=False)
+        out["distance_counts"] = np.bincount(distance[duplicate].astype(np.int64), minlength=max_distance + 1).tolist()
+    elif method == "semantic":
+        similarity = pc.fill_null(table.column(C.MAX_SIMILARITY), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+        counts, _ = np.histogram(similarity[considered], bins=SIMILARITY_BINS, range=(0.0, 1.0))
+        out["similarity_counts"] = counts.tolist()
+        out["curve"] = [int((similarity[considered] >= 1.0 - value).sum()) for value in sorted(set(EPS_GRID) | {eps})]
+        out["cluster_ids"] = set(pc.unique(table.column(C.CLUSTER).drop_null()).to_pylist())
+    bucket = example_bucket(method, distance, similarity, eps)
+    examples = []
+    for b in np.unique(bucket[duplicate]):
+        for row in np.flatnonzero(duplicate & (bucket == b))[:EXAMPLES_PER_DISTANCE]:
+            of = table.column(C.DUPLICATE_OF)[int(row)].as_py()
+            examples.append({"bucket": int(b), "distance": float(distance[row]) if method == "phash" else None,
+                             "similarity": float(similarity[row]) if method == "semantic" else None,
+                             "duplicate": {name: table.column(name)[int(row)].as_py() for name in SAMPLE_FIELDS
+                                           if name in table.column_names},
+                             "original": {C.SOURCE_SHARD: of[C.SOURCE_SHARD], C.SOURCE_INDEX: of[C.SOURCE_INDEX]}})
+    out["examples"] = examples
+    return out
+
+
+def combine_summaries(parts: list[dict], method: str, eps: float) -> dict:
+    """The partitions' summaries added up (in partition order, so the examples are the first in input order)."""
+    total: dict = {}
+    for part in parts:
+        for name, value in part.items():
+            if name == "examples":
+                continue
+            if name == "cluster_ids":
+                total[name] = total.get(name, set()) | value
+                continue
+            if isinstance(value, list):
+                total[name] = [a + b for a, b in zip(total.get(name, [0] * len(value)), value)]
+            else:
+                total[name] = total.get(name, 0) + value
+    examples: dict[int, list] = {}
+    for part in parts:
+        for example in part["examples"]:
+            bucket = examples.setdefault(example["bucket"], [])
+            if len(bucket) < EXAMPLES_PER_DISTANCE:
+                bucket.append(example)
+    total["examples"] = [e for b in sorted(examples) for e in examples[b]]
+    if method == "phash":
+        found = np.cumsum(total.get("distance_counts", [])).tolist()
+        total["curve"] = [{"max_distance": t, "duplicates": int(n)} for t, n in enumerate(found)]
+    if method == "semantic":
+        total["clusters"] = len(total.pop("cluster_ids", ()))
+        grid = sorted(set(EPS_GRID) | {eps})
+        total["curve"] = [{"eps": value, "duplicates": n} for value, n in zip(grid, total.get("curve", [0] * len(grid)))]
+    return total
+
+
+def lookup_samples(frame, wanted: list[tuple[str, int]]) -> list[dict]:
+    """The :data:`SAMPLE_FIELDS` of the rows of ``frame`` whose (source_shard, source_index) is ``wanted``."""
+    table = backend_of(frame).to_arrow(frame)
+    if not wanted or not len(table):
+        return []
+    keys = set(wanted)
+    shards, indices = _column(table, C.SOURCE_SHARD), _column(table, C.SOURCE_INDEX)
+    rows = [i for i, key in enumerate(zip(shards, indices)) if key in keys]
+    return [{name: table.column(name)[i].as_py() for name in SAMPLE_FIELDS if name in table.column_names} for i in rows]

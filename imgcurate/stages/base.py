@@ -25,6 +25,7 @@ class Context:
     storage_options: dict | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
     random_weights: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)  # entries stages add to _manifest.json
 
 
 class Stage:

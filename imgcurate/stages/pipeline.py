@@ -10,6 +10,7 @@ from typing import Any
 from ..common.errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
 from ..io.writer import WriteResult
 from .base import Context, Stage
+from .dedup import ImageDeduplicationStage
 from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
 from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 
@@ -17,7 +18,8 @@ log = logging.getLogger("imgcurate")
 
 # the stages a configuration file can name, by class name
 STAGES = {cls.__name__: cls for cls in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage,
-                                        ImageAestheticFilterStage, ImageNSFWFilterStage, ImageWriterStage)}
+                                        ImageAestheticFilterStage, ImageNSFWFilterStage, ImageDeduplicationStage,
+                                        ImageWriterStage)}
 # stages that make sense once per pipeline
 ONCE = (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, ImageWriterStage)
 
@@ -192,7 +194,8 @@ class Pipeline:
 
             def manifest_extra(counts: dict[str, Any]) -> dict[str, Any]:
                 return {"pipeline": self.describe(), "models": context.models,
-                        "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts)}
+                        "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts),
+                        **context.manifest}
 
             written = writer.write(df, context, manifest_extra)
         result = PipelineResult(self.name, written, written.manifest["stage_counts"])

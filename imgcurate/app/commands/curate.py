@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .dedup import add_dedup_options, dedup_stage, print_summaries
 from .options import add_scheduler, print_failures
 
 
@@ -33,6 +34,7 @@ def pipeline_from_args(args):
         ImageEmbeddingStage(args.model, args.pretrained, batch_size=args.batch_size, device=args.device, on_error=on_error),
         ImageAestheticFilterStage(args.aesthetic_threshold, weights=args.aesthetic_weights),
         ImageNSFWFilterStage(args.nsfw_threshold, weights=args.nsfw_weights),
+        *[dedup_stage(args, method) for method in args.dedup or ()],
         ImageWriterStage(args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
                          keep_dropped=args.keep_dropped, verbose=not args.no_progress),
     ])
@@ -43,6 +45,7 @@ def run(args) -> int:
     result = pipeline.run(scheduler=args.scheduler)
     if not pipeline.stages[-1].verbose:
         print(result)
+    print_summaries(result.manifest)
     print_failures(result.write)
     return 0
 
@@ -69,6 +72,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on GPU)")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--keep-dropped", action="store_true", help="also write the filtered-out samples under OUT/_dropped/")
+    add_dedup_options(p, method_flag="--dedup", repeatable=True)
     p.add_argument("--output", "-o", help="output directory (or set in --config)")
     p.add_argument("--images-per-tar", type=int, default=1000, metavar="N", help="samples per output shard (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory written by imgcurate")
