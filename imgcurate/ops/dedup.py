@@ -314,14 +314,14 @@ def training_sample(signatures: pd.DataFrame, fraction: float) -> pd.DataFrame:
     return signatures.loc[signatures[SAMPLE].to_numpy() < fraction, [ROW, VECTOR]]
 
 
-def train_kmeans(samples: list[pd.DataFrame], n_clusters: int, max_iter: int, seed: int) -> np.ndarray:
+def train_kmeans(samples: list[pd.DataFrame], n_clusters: int, max_iter: int, seed: int) -> np.ndarray | None:
     """faiss spherical k-means (SemDeDup's setting) on the training rows in input order; the unit
-    centroids as an (n_clusters, dim) float32 array."""
+    centroids as an (n_clusters, dim) float32 array, or None when no sample takes part at all."""
     import faiss
 
     frame = pd.concat(samples, ignore_index=True) if samples else None
     if frame is None or not len(frame):
-        raise ValueError("n_clusters: no sample has an embedding, so there is nothing to cluster")
+        return None
     frame = frame.iloc[np.argsort(frame[ROW].to_numpy(), kind="stable")]
     vectors = vector_matrix(frame[VECTOR])
     if len(vectors) < n_clusters:
@@ -346,6 +346,9 @@ def assign_clusters(signatures: pd.DataFrame, centroids: np.ndarray, keep: str) 
     ``"easy"`` the keep order becomes the cosine distance to that centroid, descending / ascending."""
     import faiss
 
+    if centroids is None:  # nothing took part: nothing to assign
+        signatures = signatures.iloc[:0]
+        centroids = np.zeros((1, vector_matrix(signatures[VECTOR]).shape[1] or 1), np.float32)
     vectors = vector_matrix(signatures[VECTOR]) if len(signatures) else np.zeros((0, centroids.shape[1]), np.float32)
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
