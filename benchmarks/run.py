@@ -16,13 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_dedup
 import bench_gpu
 import bench_io
 import bench_models
 import bench_scaling
 from common import DATA, RESULTS, Config, dataset_for, markdown_table, print_measures, write_results
 
-BENCHMARKS = {module.NAME: module for module in (bench_io, bench_models, bench_scaling, bench_gpu)}
+BENCHMARKS = {module.NAME: module for module in (bench_io, bench_models, bench_scaling, bench_dedup, bench_gpu)}
 FULL = {"samples": 6400, "shards": 8, "repeats": 5}
 QUICK = {"samples": 1600, "shards": 4, "repeats": 3}
 

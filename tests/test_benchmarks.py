@@ -28,6 +28,7 @@ EXPECTED = {
     "io": ["reshard throughput", "reshard samples/s", "read tar -> partitions", "reshard peak RSS, 10x data / 1x"],
     "models": ["decode + preprocess to 224 px", "curate end to end"],
     "scaling": ["2 workers / 1 worker, one core each", "2 workers / 1 worker, unpinned"],
+    "dedup": ["hash_images (pHash) / imagehash.phash", "near-duplicate search", "semantic dedup"],
 }
 
 

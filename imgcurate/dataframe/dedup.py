@@ -111,8 +111,11 @@ def embedding_width(df, embedding_dim: int | None, embedder=None) -> int:
     if C.EMBEDDING in df.columns:
         dtype = df._meta[C.EMBEDDING].dtype
         arrow = getattr(dtype, "pyarrow_dtype", None)
+        if arrow is None and dtype == object and expected:  # e.g. dask.dataframe.read_parquet's default: checked per partition
+            return expected[0][1]
         if arrow is None or not (pa.types.is_list(arrow) or pa.types.is_large_list(arrow) or pa.types.is_fixed_size_list(arrow)):
-            raise ValueError(f"embedding: the column must hold float vectors (an Arrow list), it holds {dtype}")
+            raise ValueError(f"embedding: the column must hold float vectors (an Arrow list), it holds {dtype}; "
+                             "read Parquet with dtype_backend='pyarrow', or pass embedding_dim=")
         if pa.types.is_fixed_size_list(arrow):
             width = arrow.list_size
             for name, value in expected:
