@@ -34,7 +34,7 @@ from ..common import columns as C
 from ..common.backend import backend_of
 from .embed import embedding_matrix
 from .hashing import phash_to_int64
-from .rows import in_play
+from .rows import in_play, set_column
 
 ROW, ORDER, KEY, VECTOR = "_row", "_order", "_key", "_vector"
 OF_ROW, OF_ORDER, DISTANCE, SIMILARITY, CLUSTER = "_of_row", "_of_order", "_distance", "_similarity", "_cluster"
@@ -500,8 +500,6 @@ def apply_marks(frame, marks: pd.DataFrame, method: str, signatures: pd.DataFram
         [pa.array(new_shard.tolist(), pa.string()), pa.array(new_index.tolist(), pa.int64())],
         fields=list(C.DUPLICATE_OF_TYPE), mask=pa.array(~(np.isin(np.arange(n), positions[duplicate]))))
     duplicate_of = pc.if_else(pa.array(keep_old), of, fresh) if n else fresh
-    from .rows import set_column
-
     table = set_column(table, C.IS_DUPLICATE, pa.array(is_dup, pa.bool_()))
     table = set_column(table, C.DUPLICATE_OF, duplicate_of)
     if method == "phash":
