@@ -103,7 +103,7 @@ def signature_schema(method: str, dim: int | None = None) -> pa.Schema:
     elif method == "phash":
         fields.append((KEY, pa.int64()))
     else:
-        fields += [(VECTOR, pa.list_(pa.float32(), dim)), (SAMPLE, pa.float64())]
+        fields += [(VECTOR, pa.large_binary()), (SAMPLE, pa.float64())]
     return pa.schema(fields + [(C.SOURCE_SHARD, pa.string()), (C.SOURCE_INDEX, pa.int64())])
 
 
@@ -128,7 +128,7 @@ def signature_partition(frame, method: str, keep: str = "first", ascending: bool
         vectors, valid = unit_vectors(table.column(C.EMBEDDING), dim)
         taking &= valid
         dim = vectors.shape[1]
-        columns[VECTOR] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+        columns[VECTOR] = pack_vectors(vectors)
         columns[SAMPLE] = unit_fraction(row_hash(_column(table, C.SOURCE_SHARD), _column(table, C.SOURCE_INDEX), seed,
                                                  "sample")) if n else np.zeros(0)
     rows = np.flatnonzero(taking)
@@ -333,12 +333,25 @@ def train_kmeans(samples: list[pd.DataFrame], n_clusters: int, max_iter: int, se
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
+def pack_vectors(vectors: np.ndarray) -> pa.Array:
+    """An (n, dim) float32 matrix as one binary value per row (``dim`` × 4 bytes): Dask's shuffles
+    carry binary columns, not fixed-size lists."""
+    n, dim = vectors.shape
+    data = pa.py_buffer(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int64) * (dim * 4))
+    return pa.Array.from_buffers(pa.large_binary(), n, [None, offsets, data])
+
+
 def vector_matrix(series: pd.Series) -> np.ndarray:
-    """An Arrow fixed-size-list column of a signature frame as an (n, dim) float32 matrix."""
+    """The ``_vector`` column of signature rows (no nulls) as an (n, dim) float32 matrix."""
     array = pa.array(series.array) if not isinstance(series.array, pa.ChunkedArray) else series.array
     array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-    dim = array.type.list_size
-    return np.asarray(array.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(array), dim)
+    n = len(array)
+    if not n:
+        return np.zeros((0, 0), dtype=np.float32)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + n + 1]
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return data.view(np.float32).reshape(n, -1)
 
 
 def assign_clusters(signatures: pd.DataFrame, centroids: np.ndarray, keep: str) -> pd.DataFrame:
@@ -347,8 +360,7 @@ def assign_clusters(signatures: pd.DataFrame, centroids: np.ndarray, keep: str) 
     import faiss
 
     if centroids is None:  # nothing took part: nothing to assign
-        signatures = signatures.iloc[:0]
-        centroids = np.zeros((1, vector_matrix(signatures[VECTOR]).shape[1] or 1), np.float32)
+        signatures, centroids = signatures.iloc[:0], np.zeros((1, 1), np.float32)
     vectors = vector_matrix(signatures[VECTOR]) if len(signatures) else np.zeros((0, centroids.shape[1]), np.float32)
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
