@@ -11,7 +11,6 @@ the source shards (or, when those are gone, from the output's own tars).
 from __future__ import annotations
 
 import html
-import os
 from typing import Any
 
 from ..common import columns as C
@@ -66,10 +65,36 @@ def curve_svg(points: list[tuple[float, float]], title: str, x_label: str, used:
                f"{html.escape(x_label)}</text>")
     if used is not None:
         ux, _ = at(used, 0)
+        anchor, shift = ("end", -4) if ux > left + plot_w * 0.7 else ("start", 4)
         out.append(f"<line x1='{ux:.1f}' y1='{top - 4}' x2='{ux:.1f}' y2='{axis_y}' stroke='#c0392b' stroke-width='2' "
-                   f"stroke-dasharray='5,3'/><text x='{ux + 4:.1f}' y='{top - 8}' font-size='11' fill='#c0392b'>"
-                   f"used: {used:g}</text>")
+                   f"stroke-dasharray='5,3'/><text x='{ux + shift:.1f}' y='{top - 8}' font-size='11' fill='#c0392b' "
+                   f"text-anchor='{anchor}'>used: {used:g}</text>")
     out.append("</svg>")
+    return "".join(out)
+
+
+def bars_svg(counts: list[int], labels: list[str], title: str, x_label: str) -> str:
+    """A bar per value (e.g. per Hamming distance) as inline SVG, each labelled under its bar."""
+    left, right, top, bottom = 56, 20, 36, 40
+    plot_w, plot_h = CHART_W - left - right, CHART_H - top - bottom
+    peak = max(max(counts, default=0), 1)
+    width = plot_w / max(len(counts), 1)
+    axis_y = top + plot_h
+    out = [f"<svg width='{CHART_W}' height='{CHART_H}' viewBox='0 0 {CHART_W} {CHART_H}' role='img' "
+           f"aria-label='{html.escape(title)}' style='background:#fff;border:1px solid #ddd'>",
+           f"<text x='{left}' y='18' font-size='14' font-weight='bold'>{html.escape(title)}</text>",
+           f"<line x1='{left}' y1='{axis_y}' x2='{left + plot_w}' y2='{axis_y}' stroke='#333'/>",
+           f"<line x1='{left}' y1='{top}' x2='{left}' y2='{axis_y}' stroke='#333'/>"]
+    for i, (n, label) in enumerate(zip(counts, labels)):
+        h = n / peak * plot_h
+        x = left + i * width
+        out.append(f"<rect x='{x + 2:.1f}' y='{axis_y - h:.1f}' width='{max(width - 4, 1):.1f}' height='{h:.1f}' "
+                   f"fill='#d9822b'><title>{n}</title></rect>"
+                   f"<text x='{x + width / 2:.1f}' y='{axis_y + 14}' font-size='11' text-anchor='middle'>{html.escape(label)}</text>")
+    out.append(f"<text x='{left - 6}' y='{top + 4}' font-size='11' text-anchor='end'>{peak}</text>"
+               f"<text x='{left - 6}' y='{axis_y}' font-size='11' text-anchor='end'>0</text>"
+               f"<text x='{left + plot_w / 2:.0f}' y='{CHART_H - 6}' font-size='11' text-anchor='middle'>"
+               f"{html.escape(x_label)}</text></svg>")
     return "".join(out)
 
 
@@ -79,10 +104,8 @@ def _distance_chart(summary: dict[str, Any]) -> str:
     method, parameters = summary["method"], summary.get("parameters", {})
     if method == "phash" and summary.get("distance_counts"):
         counts = summary["distance_counts"]
-        bins = len(counts)
-        histogram = {"low": -0.5, "high": bins - 0.5, "bins": bins, "threshold": None,
-                     "counts": {"kept": [0] * bins, "this": list(counts), "other": [0] * bins}}
-        return histogram_svg(histogram, "Duplicates by Hamming distance to what they duplicate", None, summary["stage"])
+        return bars_svg(counts, [str(d) for d in range(len(counts))], "Duplicates by distance to what they duplicate",
+                        "Hamming distance (bits)")
     if method == "semantic" and summary.get("similarity_counts"):
         counts = summary["similarity_counts"]
         bins = len(counts)
@@ -91,7 +114,7 @@ def _distance_chart(summary: dict[str, Any]) -> str:
         kept = [n - t for n, t in zip(counts, this)]
         histogram = {"low": 0.0, "high": 1.0, "bins": bins, "threshold": cut,
                      "counts": {"kept": kept, "this": this, "other": [0] * bins}}
-        return histogram_svg(histogram, "max_similarity: to the most similar earlier sample of the cluster", "<",
+        return histogram_svg(histogram, "max_similarity to an earlier sample", "<",
                              summary["stage"])
     return ""
 
@@ -125,7 +148,7 @@ def _images(samples: list[dict[str, Any]], storage_options: dict | None) -> list
 
 
 def _tile(sample: dict[str, Any], image: bytes | str, label: str) -> Tile:
-    shard = os.path.basename(str(sample.get(C.SOURCE_SHARD) or ""))
+    shard = "/".join(str(sample.get(C.SOURCE_SHARD) or "").rstrip("/").split("/")[-2:])  # shards of two inputs may share a name
     tile = Tile(sample.get(C.KEY) or "?", [("", label), ("from", f"{shard} #{sample.get(C.SOURCE_INDEX)}")])
     if isinstance(image, bytes):
         try:
@@ -187,6 +210,8 @@ def dedup_section(manifest: dict[str, Any], storage_options: dict | None = None)
         if charts:
             parts.append(f"<div class='charts'>{''.join(charts)}</div>")
         if summary["method"] == "phash":
+            parts.append("<p class='meta'>The curve stops at the max_distance this run searched; run again with a "
+                         "larger one to see further.</p>")
             parts.append(f"<p class='note'>{html.escape(PHASH_DEFAULT_WHY)}</p>")
         if summary["method"] == "semantic":
             parts.append("<p class='note'>The curve is exact for the clusters of this run: a sample is removed at eps "
