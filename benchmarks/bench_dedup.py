@@ -277,13 +277,94 @@ def measure_semantic(config: Config) -> tuple[Measure, dict]:
                      "duplicates_faiss": found["peer"], "semantic_repeats": repeats}
 
 
+def _jpeg(image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _edits() -> dict:
+    """The edits the default max_distance is measured on: (name, bytes of the photo -> bytes of the edit)."""
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    def open_(data):
+        return Image.open(io.BytesIO(data))
+
+    def scaled(data, factor):
+        image = open_(data)
+        return _jpeg(image.resize((max(1, image.width // factor), max(1, image.height // factor)), Image.LANCZOS))
+
+    def png_to_jpeg(data):
+        png = io.BytesIO()
+        open_(data).save(png, format="PNG")
+        return _jpeg(open_(png.getvalue()), 75)
+
+    def cropped(data, percent):
+        image = open_(data)
+        dx, dy = image.width * percent // 200, image.height * percent // 200
+        return _jpeg(image.crop((dx, dy, image.width - dx, image.height - dy)))
+
+    return {
+        "jpeg q70": lambda d: _jpeg(open_(d), 70), "jpeg q30": lambda d: _jpeg(open_(d), 30),
+        "jpeg q10": lambda d: _jpeg(open_(d), 10), "downscale 1/2": lambda d: scaled(d, 2),
+        "downscale 1/4": lambda d: scaled(d, 4), "downscale 1/8": lambda d: scaled(d, 8), "PNG -> JPEG": png_to_jpeg,
+        "brightness +20%": lambda d: _jpeg(ImageEnhance.Brightness(open_(d)).enhance(1.2)),
+        "contrast +30%": lambda d: _jpeg(ImageEnhance.Contrast(open_(d)).enhance(1.3)),
+        "blur r=2": lambda d: _jpeg(open_(d).filter(ImageFilter.GaussianBlur(2))),
+        "greyscale": lambda d: _jpeg(open_(d).convert("L")),
+        "crop 5%": lambda d: cropped(d, 5), "crop 10%": lambda d: cropped(d, 10),
+        "rotate 2 degrees": lambda d: _jpeg(open_(d).rotate(2, resample=Image.BICUBIC)),
+    }
+
+
+def phash_threshold_measurement() -> dict:
+    """On the real photos: the pHash distance of each edit to its photo (histograms, imagehash at
+    full size and ours with draft decoding), the smallest distance between two different photos, and
+    how far our draft-decoded hashes are from imagehash's, on the photos and every edit."""
+    import itertools
+
+    import imagehash
+    from PIL import Image
+
+    from common import PHOTOS
+    from imgcurate.ops.hashing import DRAFT_SIDE, phash_image
+
+    photos = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))]
+
+    def reference(data):
+        return int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)
+
+    def histogram(values):
+        return np.bincount(values, minlength=33)[:33].tolist()
+
+    edits, draft_bits = {}, []
+    for name, edit in _edits().items():
+        theirs, ours = [], []
+        for data in photos:
+            edited = edit(data)
+            theirs.append(bin(reference(data) ^ reference(edited)).count("1"))
+            ours.append(bin(phash_image(data) ^ phash_image(edited)).count("1"))
+            draft_bits.append(bin(phash_image(edited) ^ reference(edited)).count("1"))
+        edits[name] = {"imagehash": histogram(theirs), "ours": histogram(ours)}
+    draft_bits += [bin(phash_image(d) ^ reference(d)).count("1") for d in photos]
+    originals = [reference(d) for d in photos]
+    ours_originals = [phash_image(d) for d in photos]
+    return {"photos": len(photos), "edits": edits, "draft_side": DRAFT_SIDE,
+            "different_photos_min_distance": {
+                "imagehash": min(bin(a ^ b).count("1") for a, b in itertools.combinations(originals, 2)),
+                "ours": min(bin(a ^ b).count("1") for a, b in itertools.combinations(ours_originals, 2))},
+            "draft_vs_imagehash_bits": histogram(draft_bits),
+            "draft_within_2_bits": round(float(np.mean(np.array(draft_bits) <= 2)), 4)}
+
+
 def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
+    threshold = phash_threshold_measurement()
     measures = [measure_hashing(config, dataset)]
     search, search_parameters = measure_search(config)
     semantic, semantic_parameters = measure_semantic(config)
     measures += [search, semantic]
     parameters = {"repeats": config.repeats, "samples": dataset.samples, "cpus": os.cpu_count(), **search_parameters,
-                  **semantic_parameters, "scheduler": "threads"}
+                  **semantic_parameters, "scheduler": "threads", "phash_threshold": threshold}
     return measures, parameters
 
 

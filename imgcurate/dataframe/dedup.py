@@ -24,8 +24,8 @@ from ..common import columns as C
 from ..ops import dedup as D
 from ..ops.hashing import DRAFT_SIDE
 
-# measured on the real photos (benchmarks/README.md, "Deduplication"): every re-encode, downscale,
-# PNG→JPEG and colour change is within 4 bits, unrelated photos are 20 or more apart
+# measured on the real photos (benchmarks/README.md, "Deduplication"): every re-encode, downscale and
+# PNG→JPEG is within 4 bits (the required q70 and 1/2 within 2), different photos 20 or more apart
 DEFAULT_MAX_DISTANCE = 4
 DEFAULT_EPS = 0.01  # NeMo Curator's image deduplication tutorial
 ROWS_PER_CLUSTER = 1000  # n_clusters=None: one cluster per this many samples
