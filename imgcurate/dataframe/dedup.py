@@ -65,9 +65,9 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_parameters(df, method: str, keep: str, ascending: bool, seed: int, max_distance: int, eps: float,
-                     n_clusters: int | None, max_iter: int, pairwise_batch_size: int) -> None:
-    """Raise ValueError naming the first bad parameter (nothing is computed here)."""
+def check_options(method: str, keep: str, ascending: bool, seed: int, max_distance: int, eps: float,
+                  n_clusters: int | None, max_iter: int, pairwise_batch_size: int) -> None:
+    """Raise ValueError naming the first bad parameter that needs no frame to check."""
     if method not in D.METHODS:
         raise ValueError(f"method must be one of {D.METHODS}, got {method!r}")
     if not _is_int(max_distance) or not 0 <= max_distance <= 32:
@@ -88,6 +88,10 @@ def check_parameters(df, method: str, keep: str, ascending: bool, seed: int, max
         raise ValueError(f"keep must be 'first', 'random', 'hard', 'easy' or a column name, got {keep!r}")
     if keep in ("hard", "easy") and method != "semantic":
         raise ValueError(f"keep={keep!r} orders samples by their distance to a cluster centroid: method='semantic' only")
+
+
+def check_frame(df, keep: str) -> None:
+    """Raise ValueError when the frame lacks what the parameters name: the keep column, the source columns."""
     if keep not in D.KEEP_ORDERS:
         if keep not in df.columns:
             raise ValueError(f"keep must be 'first', 'random', 'hard', 'easy' or a column of the frame; "
@@ -236,7 +240,8 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
     from ..common.errors import check_on_error
 
     check_on_error(on_error)
-    check_parameters(df, method, keep, ascending, seed, max_distance, eps, n_clusters, max_iter, pairwise_batch_size)
+    check_options(method, keep, ascending, seed, max_distance, eps, n_clusters, max_iter, pairwise_batch_size)
+    check_frame(df, keep)
     dim = None
     if method == "semantic":
         if C.EMBEDDING not in df.columns and embedder is None:

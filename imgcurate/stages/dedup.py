@@ -98,12 +98,12 @@ class ImageDeduplicationStage(Stage):
         return self._embedder
 
     def validate(self, context: Context) -> None:
-        from ..dataframe.dedup import check_parameters
+        from ..dataframe.dedup import check_options
 
         try:
             check_on_error(self.on_error)
-            check_parameters(_NoColumns(self.keep), self.method, self.keep, self.ascending, self.seed,
-                             self.max_distance, self.eps, self.n_clusters, self.max_iter, self.pairwise_batch_size)
+            check_options(self.method, self.keep, self.ascending, self.seed, self.max_distance, self.eps, self.n_clusters,
+                          self.max_iter, self.pairwise_batch_size)
         except ValueError as exc:
             raise PipelineError(f"{type(self).__name__}: {exc}") from exc
         # an ImageEmbeddingStage validated before this one has already failed the rows without a
@@ -138,12 +138,3 @@ class ImageDeduplicationStage(Stage):
         context.manifest.setdefault("dedup", []).append({"stage": self.name, **summary})
         return mark_dropped(marked, ~marked[C.IS_DUPLICATE], self.name)
 
-
-class _NoColumns:
-    """Stands for a frame in :func:`check_parameters` before the pipeline has one: every named column exists."""
-
-    def __init__(self, keep: str):
-        import pandas as pd
-
-        self.columns = [C.SOURCE_SHARD, C.SOURCE_INDEX, keep]
-        self._meta = pd.DataFrame({keep: pd.Series([], dtype="float64")})
