@@ -165,9 +165,18 @@ def _to_marked_sample(marks: pd.DataFrame) -> pd.DataFrame:
     return D.with_destination(marks, D.ROW)
 
 
+def _shuffle(frame, column: str, npartitions: int):
+    """``frame`` shuffled on ``column``. On a distributed cluster Dask's default (P2P); in-process,
+    in memory (Dask's in-process default goes through files on disk, which doubled the semantic
+    benchmark's time for signature rows that fit in memory anyway)."""
+    from ..common.progress import active_client
+
+    method = None if active_client() is not None else "tasks"
+    return frame.shuffle(on=column, npartitions=npartitions, shuffle_method=method)
+
+
 def _exact_groups(signatures, npartitions: int):
-    core = signatures[[D.ROW, D.ORDER, D.KEY]]
-    return core.shuffle(on=D.KEY, npartitions=npartitions)
+    return _shuffle(signatures[[D.ROW, D.ORDER, D.KEY]], D.KEY, npartitions)
 
 
 def _exact_marks(signatures, npartitions: int):
@@ -184,7 +193,7 @@ def _phash_marks(signatures, npartitions: int, max_distance: int):
         return copies
     leaders = groups.map_partitions(D.exact_leaders, meta=D.exact_leaders(groups._meta))
     records = leaders.map_partitions(D.band_records, max_distance, meta=D.band_records(leaders._meta, max_distance))
-    buckets = records.shuffle(on=D.BUCKET, npartitions=npartitions * (max_distance + 1))
+    buckets = _shuffle(records, D.BUCKET, npartitions * (max_distance + 1))
     near = buckets.map_partitions(D.band_candidates, max_distance, meta=D.empty_marks())
     return dd.concat([copies, near])
 
@@ -198,7 +207,7 @@ def _semantic_marks(signatures, npartitions: int, n_clusters: int, fraction: flo
     centroids = dask.delayed(D.train_kmeans, pure=True)(samples, n_clusters, max_iter, seed)
     assign_meta = D.assign_clusters(signatures._meta, np.zeros((1, dim), np.float32), keep)
     clustered = signatures.map_partitions(D.assign_clusters, centroids, keep, meta=assign_meta)
-    by_cluster = clustered.shuffle(on=D.CLUSTER, npartitions=npartitions)
+    by_cluster = _shuffle(clustered, D.CLUSTER, npartitions)
     return by_cluster.map_partitions(D.semantic_marks, eps, pairwise_batch_size, meta=D.semantic_empty())
 
 
@@ -208,7 +217,7 @@ def _attached_meta(marks_meta: pd.DataFrame, signatures_meta: pd.DataFrame) -> p
 
 def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = True, seed: int = 42,
                     max_distance: int = DEFAULT_MAX_DISTANCE, eps: float = DEFAULT_EPS, n_clusters: int | None = None,
-                    max_iter: int = DEFAULT_MAX_ITER, pairwise_batch_size: int = 1024, embedder=None,
+                    max_iter: int = DEFAULT_MAX_ITER, pairwise_batch_size: int = 256, embedder=None,
                     embedding_dim: int | None = None, on_error: str = "report", storage_options: dict | None = None):
     """The frame with ``is_duplicate`` and ``duplicate_of`` (and, for ``method="phash"``,
     ``phash_distance``; for ``"semantic"``, ``cluster`` and ``max_similarity``). Lazy; the same

@@ -83,17 +83,34 @@ def unit_vectors(column: pa.ChunkedArray | pa.Array, dim: int | None) -> tuple[n
     """(vectors, valid): the ``embedding`` column as an (n, dim) float32 matrix of unit rows; rows
     that are null, not finite or zero are invalid (and zero)."""
     n = len(column)
-    rows, matrix = embedding_matrix(column)
+    rows, matrix = _dense_rows(column) or embedding_matrix(column)
     if dim is not None and matrix.shape[1] not in (0, dim) and len(rows):
         raise ValueError(f"embedding_dim: the embeddings are {matrix.shape[1]} wide, not {dim}")
     vectors = np.zeros((n, dim if dim is not None else matrix.shape[1]), dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
     if len(rows):
-        norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))  # summed in float64, no float64 copy
         good = np.isfinite(norms) & (norms > 0)
-        vectors[rows[good]] = matrix[good] / norms[good, None].astype(np.float32)
+        if good.all() and len(rows) == n:
+            np.divide(matrix, norms[:, None].astype(np.float32), out=vectors)
+        else:
+            vectors[rows[good]] = matrix[good] / norms[good, None].astype(np.float32)
         valid[rows[good]] = True
     return vectors, valid
+
+
+def _dense_rows(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """A float32 fixed-size-list column without nulls as (every row, its matrix) without copying;
+    None for anything else (handled by :func:`~imgcurate.ops.embed.embedding_matrix`)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_fixed_size_list(array.type) or array.type.value_type != pa.float32() or array.null_count:
+        return None
+    dim, n = array.type.list_size, len(array)
+    values = array.values
+    if values.null_count:
+        return None
+    flat = np.frombuffer(values.buffers()[1], dtype=np.float32, count=values.offset + len(values))[values.offset:]
+    return np.arange(n), flat[array.offset * dim : (array.offset + n) * dim].reshape(n, dim)
 
 
 def signature_schema(method: str, dim: int | None = None) -> pa.Schema:
@@ -134,8 +151,10 @@ def signature_partition(frame, method: str, keep: str = "first", ascending: bool
     rows = np.flatnonzero(taking)
     order = keep_order(table, keep, ascending, seed)
     out = {ROW: pa.array((np.int64(number) << POSITION_BITS) | rows.astype(np.int64)), ORDER: pa.array(order[rows])}
+    everyone = len(rows) == n  # the usual case: nothing to take
     for name, values in columns.items():
-        out[name] = (values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)).take(pa.array(rows))
+        values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+        out[name] = values if everyone else values.take(pa.array(rows))
     for name, typ in ((C.SOURCE_SHARD, pa.string()), (C.SOURCE_INDEX, pa.int64())):
         values = table.column(name) if name in table.column_names else pa.nulls(n, typ)
         out[name] = values.take(pa.array(rows)).cast(typ)
@@ -337,7 +356,7 @@ def pack_vectors(vectors: np.ndarray) -> pa.Array:
     """An (n, dim) float32 matrix as one binary value per row (``dim`` × 4 bytes): Dask's shuffles
     carry binary columns, not fixed-size lists."""
     n, dim = vectors.shape
-    data = pa.py_buffer(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    data = pa.py_buffer(np.ascontiguousarray(vectors, dtype=np.float32))  # shares the matrix's memory
     offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int64) * (dim * 4))
     return pa.Array.from_buffers(pa.large_binary(), n, [None, offsets, data])
 
@@ -381,7 +400,7 @@ def semantic_empty() -> pd.DataFrame:
                          SIMILARITY: np.zeros(0, np.float32), CLUSTER: np.zeros(0, np.int32)})
 
 
-def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 1024, block_columns: int = 8192
+def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256, block_columns: int = 8192
                            ) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup's per-cluster step on rows already in keep order: for each row, the largest cosine
     similarity to any row before it, clipped below at 0 (the first row gets 0), and the position of
@@ -398,9 +417,9 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 1024, block_co
         for column in range(0, stop, block_columns):
             column_stop = min(stop, column + block_columns)
             sims = rows @ vectors[column:column_stop].T
-            # only rows before: column index < row index
-            later_or_self = np.arange(column, column_stop)[None, :] >= np.arange(start, stop)[:, None]
-            sims[later_or_self] = -np.inf
+            if column_stop > start:  # the block reaches the diagonal: only rows before count (column < row)
+                later_or_self = np.arange(column, column_stop)[None, :] >= np.arange(start, stop)[:, None]
+                sims[later_or_self] = -np.inf
             at = sims.argmax(axis=1)
             value = sims[np.arange(len(at)), at]
             better = value > row_best  # ties keep the earlier row (earlier blocks come first)
@@ -409,20 +428,20 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 1024, block_co
     return best, best_at
 
 
-def semantic_marks(clustered: pd.DataFrame, eps: float, block_rows: int = 1024) -> pd.DataFrame:
+def semantic_marks(clustered: pd.DataFrame, eps: float, block_rows: int = 256) -> pd.DataFrame:
     """After a shuffle on ``_cluster``: every row's cluster and ``_similarity`` (SemDeDup's M: the
     largest cosine similarity to a sample earlier in keep order in its cluster, at least 0), and
     for duplicates (M >= 1 - eps) the most similar earlier sample as ``_of_row``."""
-    frame = _sorted_by(clustered, CLUSTER)
-    if not len(frame):
+    if not len(clustered):
         return semantic_empty()
-    clusters = frame[CLUSTER].to_numpy()
-    vectors = vector_matrix(frame[VECTOR])
-    rows, orders = frame[ROW].to_numpy(), frame[ORDER].to_numpy()
-    similarity = np.zeros(len(frame), dtype=np.float32)
-    of = np.full(len(frame), -1, dtype=np.int64)
+    rows, orders, clusters = (clustered[name].to_numpy() for name in (ROW, ORDER, CLUSTER))
+    order = np.lexsort((rows, orders, clusters))  # by cluster, then keep order, then input order
+    rows, orders, clusters = rows[order], orders[order], clusters[order]
+    vectors = vector_matrix(clustered[VECTOR])[order]  # numpy's gather: cheaper than sorting the binary column
+    similarity = np.zeros(len(rows), dtype=np.float32)
+    of = np.full(len(rows), -1, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
-    for start, stop in zip(starts, np.r_[starts[1:], len(frame)]):
+    for start, stop in zip(starts, np.r_[starts[1:], len(rows)]):
         best, at = max_earlier_similarity(vectors[start:stop], block_rows)
         similarity[start:stop] = best
         of[start:stop] = np.where(at >= 0, at + start, -1)

@@ -37,7 +37,7 @@ class ImageDeduplicationStage(Stage):
 
     def __init__(self, method: str = "phash", max_distance: int | None = None, eps: float | None = None,
                  n_clusters: int | None = None, keep: str | None = None, ascending: bool = True, seed: int | None = None,
-                 max_iter: int | None = None, pairwise_batch_size: int = 1024, model_name: str = "ViT-L-14",
+                 max_iter: int | None = None, pairwise_batch_size: int = 256, model_name: str = "ViT-L-14",
                  pretrained: str | None = "openai", batch_size: int | None = None, device: str | None = None,
                  on_error: str = "report", which_to_keep: str | None = None, random_state: int | None = None,
                  verbose: bool = False, **engine_options):
