@@ -170,3 +170,11 @@ def test_a_frame_without_embeddings_or_source_columns_is_refused(vectors):
         imgcurate.mark_duplicates(df.drop(columns=["source_index"]), "semantic", n_clusters=2)
     with pytest.raises(ValueError, match="embedding"):
         imgcurate.mark_duplicates(df.assign(embedding=df.score), "semantic", n_clusters=2)
+
+
+def test_marking_is_lazy():
+    for method in ("exact", "phash"):
+        marked = imgcurate.mark_duplicates(bad_frame().assign(image_sha256=bad_frame().caption), method)
+        assert {"is_duplicate", "duplicate_of"} <= set(marked.columns)
+        with pytest.raises(RuntimeError, match="a partition was computed"):
+            marked.compute(scheduler="sync")
