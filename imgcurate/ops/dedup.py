@@ -556,7 +556,8 @@ def _values_at(n: int, positions: np.ndarray, values: np.ndarray, typ: pa.DataTy
 EPS_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 SIMILARITY_BINS = 50
 EXAMPLES_PER_DISTANCE = 2
-KEY_COLUMN = {"exact": C.IMAGE_SHA256, "phash": C.PHASH, "semantic": C.CLUSTER}
+KEY_COLUMN = {"exact": C.IMAGE_SHA256, "phash": C.PHASH, "semantic": C.CLUSTER}  # set on every sample that took part
+MISSING = {"exact": "no_image_sha256", "phash": "no_phash", "semantic": "no_embedding"}  # the summary's name for the others
 SAMPLE_FIELDS = (C.SOURCE_SHARD, C.SOURCE_INDEX, C.KEY, C.IMAGE_EXT, C.IMAGE_OFFSET, C.IMAGE_NBYTES)
 
 
@@ -586,7 +587,7 @@ def summary_partition(frame, method: str, max_distance: int, eps: float) -> dict
     duplicate = considered & table.column(C.IS_DUPLICATE).fill_null(False).to_numpy(zero_copy_only=False)
     out: dict = {"rows": len(table), "considered": int(considered.sum()), "duplicates": int(duplicate.sum()),
                  "failed": int(_mask(table, C.ERROR).sum()), "dropped_before": int((~playing & ~_mask(table, C.ERROR)).sum()),
-                 f"no_{KEY_COLUMN[method]}": int((playing & ~has_key).sum())}
+                 MISSING[method]: int((playing & ~has_key).sum())}
     distance = np.zeros(len(table))
     similarity = np.zeros(len(table))
     if method == "phash":
