@@ -23,6 +23,7 @@ it duplicates, the distance or similarity, and (after :func:`attach_sources`) th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -86,31 +87,37 @@ def unit_vectors(column: pa.ChunkedArray | pa.Array, dim: int | None) -> tuple[n
     rows, matrix = _dense_rows(column) or embedding_matrix(column)
     if dim is not None and matrix.shape[1] not in (0, dim) and len(rows):
         raise ValueError(f"embedding_dim: the embeddings are {matrix.shape[1]} wide, not {dim}")
-    vectors = np.zeros((n, dim if dim is not None else matrix.shape[1]), dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
-    if len(rows):
-        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))  # summed in float64, no float64 copy
-        good = np.isfinite(norms) & (norms > 0)
-        if good.all() and len(rows) == n:
-            np.divide(matrix, norms[:, None].astype(np.float32), out=vectors)
-        else:
-            vectors[rows[good]] = matrix[good] / norms[good, None].astype(np.float32)
-        valid[rows[good]] = True
+    if not len(rows):
+        return np.zeros((n, dim if dim is not None else matrix.shape[1]), dtype=np.float32), valid
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))  # summed in float64, no float64 copy
+    good = np.isfinite(norms) & (norms > 0)
+    valid[rows[good]] = True
+    if good.all() and len(rows) == n and matrix.flags.writeable:  # the usual case: normalised in place
+        matrix /= norms[:, None].astype(np.float32)
+        return matrix, valid
+    vectors = np.zeros((n, matrix.shape[1]), dtype=np.float32)
+    vectors[rows[good]] = matrix[good] / norms[good, None].astype(np.float32)
     return vectors, valid
 
 
 def _dense_rows(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
-    """A float32 fixed-size-list column without nulls as (every row, its matrix) without copying;
+    """A float32 fixed-size-list column without nulls as (every row, its matrix), copied once;
     None for anything else (handled by :func:`~imgcurate.ops.embed.embedding_matrix`)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not pa.types.is_fixed_size_list(array.type) or array.type.value_type != pa.float32() or array.null_count:
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if not pa.types.is_fixed_size_list(column.type) or column.type.value_type != pa.float32() or column.null_count:
         return None
-    dim, n = array.type.list_size, len(array)
-    values = array.values
-    if values.null_count:
-        return None
-    flat = np.frombuffer(values.buffers()[1], dtype=np.float32, count=values.offset + len(values))[values.offset:]
-    return np.arange(n), flat[array.offset * dim : (array.offset + n) * dim].reshape(n, dim)
+    dim, n = column.type.list_size, len(column)
+    matrix = np.empty((n, dim), dtype=np.float32)
+    row = 0
+    for chunk in chunks:
+        values = chunk.values
+        if values.null_count:
+            return None
+        flat = np.frombuffer(values.buffers()[1], dtype=np.float32, count=values.offset + len(values))[values.offset:]
+        matrix[row : row + len(chunk)] = flat[chunk.offset * dim : (chunk.offset + len(chunk)) * dim].reshape(-1, dim)
+        row += len(chunk)
+    return np.arange(n), matrix
 
 
 def signature_schema(method: str, dim: int | None = None) -> pa.Schema:
@@ -400,31 +407,38 @@ def semantic_empty() -> pd.DataFrame:
                          SIMILARITY: np.zeros(0, np.float32), CLUSTER: np.zeros(0, np.int32)})
 
 
+@functools.lru_cache(maxsize=8)
+def _on_or_above_diagonal(size: int) -> np.ndarray:
+    return ~np.tri(size, size, -1, dtype=bool)
+
+
+def _keep_best(best: np.ndarray, best_at: np.ndarray, sims: np.ndarray, first_column: int) -> None:
+    """Fold a block of similarities into the running maximum per row (ties keep the earlier column)."""
+    at = sims.argmax(axis=1)
+    value = sims[np.arange(len(at)), at]
+    better = value > best
+    best[better], best_at[better] = value[better], at[better] + first_column
+
+
 def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256, block_columns: int = 8192
                            ) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup's per-cluster step on rows already in keep order: for each row, the largest cosine
     similarity to any row before it, clipped below at 0 (the first row gets 0), and the position of
     that row (-1 where there is none above 0). Blocks of ``block_rows`` × ``block_columns``
-    similarities, so memory does not grow with the square of the cluster."""
+    similarities, so memory does not grow with the square of the cluster; only pairs of a row with
+    an earlier one are computed (about half the matrix)."""
     n = len(vectors)
     best = np.zeros(n, dtype=np.float32)
     best_at = np.full(n, -1, dtype=np.int64)
     for start in range(0, n, block_rows):
         stop = min(n, start + block_rows)
         rows = vectors[start:stop]
-        row_best = np.zeros(stop - start, dtype=np.float32)
-        row_at = np.full(stop - start, -1, dtype=np.int64)
-        for column in range(0, stop, block_columns):
-            column_stop = min(stop, column + block_columns)
-            sims = rows @ vectors[column:column_stop].T
-            if column_stop > start:  # the block reaches the diagonal: only rows before count (column < row)
-                later_or_self = np.arange(column, column_stop)[None, :] >= np.arange(start, stop)[:, None]
-                sims[later_or_self] = -np.inf
-            at = sims.argmax(axis=1)
-            value = sims[np.arange(len(at)), at]
-            better = value > row_best  # ties keep the earlier row (earlier blocks come first)
-            row_best[better], row_at[better] = value[better], at[better] + column
-        best[start:stop], best_at[start:stop] = row_best, row_at
+        row_best, row_at = best[start:stop], best_at[start:stop]  # views: updated in place
+        for column in range(0, start, block_columns):  # rows before the block: every pair counts
+            _keep_best(row_best, row_at, rows @ vectors[column : min(start, column + block_columns)].T, column)
+        inside = rows @ rows.T  # the block itself: only the pairs below the diagonal
+        inside[_on_or_above_diagonal(stop - start)] = -np.inf
+        _keep_best(row_best, row_at, inside, start)
     return best, best_at
 
 
