@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_captions
 import bench_defaults
+import bench_dedup
 import bench_gpu
 import bench_io
 import bench_models
@@ -25,7 +26,7 @@ import bench_scaling
 from common import DATA, RESULTS, Config, dataset_for, markdown_table, print_measures, write_results
 
 BENCHMARKS = {module.NAME: module for module in (bench_io, bench_defaults, bench_models, bench_scaling, bench_captions,
-                                                          bench_gpu)}
+                                                          bench_dedup, bench_gpu)}
 FULL = {"samples": 6400, "shards": 8, "repeats": 5}
 QUICK = {"samples": 1600, "shards": 4, "repeats": 3}
 

@@ -30,6 +30,7 @@ EXPECTED = {
     "models": ["decode + preprocess to 224 px", "curate end to end"],
     "scaling": ["2 workers / 1 worker, one core each", "2 workers / 1 worker, unpinned"],
     "captions": ["text encoding", "clip_score on a frame with embeddings", "filter_clip_score(top_fraction"],
+    "dedup": ["hash_images (pHash) / imagehash.phash", "near-duplicate search", "semantic dedup"],
 }
 
 

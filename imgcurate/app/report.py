@@ -23,6 +23,7 @@ import duckdb
 from ..common import columns as C
 from .._version import __version__
 from .report_captions import captions_section, has_clip_scores
+from .report_dedup import dedup_section
 from .display import gallery_html, html_table, output_tiles, shard_files, stage_rows, write_result_html
 from ..io.paths import filesystem, writable_path
 from ..io.outputdir import DROPPED_DIR, MANIFEST_FILE
@@ -310,6 +311,7 @@ def report_html(dataset: str, thumbnails: int = 24, storage_options: dict | None
         "<h2>Models</h2>", _models_section(manifest),
         "<h2>Scores</h2>", scores, pairs,
         "<h2>Failures</h2>", failures,
+        dedup_section(manifest, storage_options),
         "<h2>Kept samples</h2>", _gallery_section(directory, thumbnails, counts.get("written", 0), storage_options,
                                               "No samples were written."),
         "<h2>Dropped samples</h2>", dropped,

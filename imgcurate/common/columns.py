@@ -51,6 +51,14 @@ IMAGE_WIDTH = "image_width"  # the stored image's size, read from its header (ba
 IMAGE_HEIGHT = "image_height"
 AESTHETIC_SCORE = "aesthetic_score"
 NSFW_SCORE = "nsfw_score"
+# deduplication (imgcurate.hash_images, imgcurate.mark_duplicates)
+IMAGE_SHA256 = "image_sha256"
+PHASH = "phash"
+IS_DUPLICATE = "is_duplicate"
+DUPLICATE_OF = "duplicate_of"
+PHASH_DISTANCE = "phash_distance"
+CLUSTER = "cluster"
+MAX_SIMILARITY = "max_similarity"
 
 ERROR_COLUMNS = (ERROR, ERROR_MEMBER, ERROR_DETAIL)
 EXTRA_MEMBERS_TYPE = pa.map_(pa.string(), pa.binary())
@@ -77,3 +85,7 @@ def is_internal(name: str) -> bool:
 
 def embedding_type(dim: int) -> pa.DataType:
     return pa.list_(pa.float32(), dim)
+
+
+# the one earlier sample a duplicate duplicates, named as the reader names every sample
+DUPLICATE_OF_TYPE = pa.struct([(SOURCE_SHARD, pa.string()), (SOURCE_INDEX, pa.int64())])

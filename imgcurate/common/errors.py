@@ -53,6 +53,7 @@ SAMPLE_REASONS = {
     "unreadable_image": "the image bytes could not be read back from the source shard",
     "no_uid": "the sample has no uid, so it cannot be selected or saved by uid",
     "bad_uid": "the sample's uid is not 32 hexadecimal digits",
+    "hash_decode_error": "the image could not be decoded to compute its perceptual hash (pHash)",
 }
 MEMBER_REASONS = {
     "unsafe_member_name": "member path is absolute or escapes the shard",

@@ -8,6 +8,7 @@ from .captions import (
     basic_filter, check_uids, clip_score, clip_score_threshold, embed_text, filter_clip_score, save_uids, select_uids,
     uid_subset_misses,
 )
+from .dedup import dedup, hash_images, mark_duplicates
 from .embed import embed, score_aesthetic, score_nsfw, score_with
 from .select import (
     filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
@@ -19,4 +20,5 @@ __all__ = [
     "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images",
     "embed_text", "clip_score", "clip_score_threshold", "filter_clip_score", "basic_filter", "check_uids", "select_uids",
     "save_uids", "uid_subset_misses",
+    "hash_images", "mark_duplicates", "dedup",
 ]

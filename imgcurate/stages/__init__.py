@@ -2,11 +2,12 @@
 
 ``base`` says what a stage is; ``readwrite`` holds the stages at both ends (shards in, shards
 out), ``models`` the CLIP embedding and LAION score filters, ``captions`` the image–text filters
-and uid subsets; ``pipeline`` orders and runs them.
+and uid subsets, ``dedup`` the deduplication; ``pipeline`` orders and runs them.
 """
 
 from .base import Stage
 from .captions import ImageTextAlignmentFilterStage, ImageTextBasicFilterStage, UidSubsetStage
+from .dedup import ImageDeduplicationStage
 from .executors import DaskExecutor, RayActorPoolExecutor, RayClient, RayDataExecutor, XennaExecutor
 from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
 from .pipeline import Pipeline, PipelineResult
@@ -15,6 +16,6 @@ from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 __all__ = [
     "Pipeline", "PipelineResult", "Stage", "FilePartitioningStage", "ImageReaderStage", "ImageEmbeddingStage",
     "ImageAestheticFilterStage", "ImageNSFWFilterStage", "ImageTextAlignmentFilterStage", "ImageTextBasicFilterStage",
-    "UidSubsetStage", "ImageWriterStage",
+    "UidSubsetStage", "ImageDeduplicationStage", "ImageWriterStage",
     "DaskExecutor", "XennaExecutor", "RayDataExecutor", "RayActorPoolExecutor", "RayClient",
 ]

@@ -36,6 +36,7 @@ class Context:
     models: list[dict[str, Any]] = field(default_factory=list)
     random_weights: bool = False
     clip: Any = None  # the CLIP model whose vectors the frame holds (text and image embeddings must share it)
+    manifest: dict[str, Any] = field(default_factory=dict)  # entries stages add to _manifest.json
 
 
 class Stage:

@@ -11,6 +11,7 @@ from ..common.errors import MEMBER_REASONS, SHARD_REASONS, PipelineError
 from ..io.writer import WriteResult
 from .base import Context, Stage
 from .captions import ImageTextAlignmentFilterStage, ImageTextBasicFilterStage, UidSubsetStage
+from .dedup import ImageDeduplicationStage
 from .models import ImageAestheticFilterStage, ImageEmbeddingStage, ImageNSFWFilterStage
 from .readwrite import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 
@@ -19,7 +20,7 @@ log = logging.getLogger("imgcurate")
 # the stages a configuration file can name, by class name
 STAGES = {cls.__name__: cls for cls in (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage,
                                         ImageAestheticFilterStage, ImageNSFWFilterStage, ImageTextAlignmentFilterStage,
-                                        ImageTextBasicFilterStage, UidSubsetStage, ImageWriterStage)}
+                                        ImageTextBasicFilterStage, UidSubsetStage, ImageDeduplicationStage, ImageWriterStage)}
 # stages that make sense once per pipeline
 ONCE = (FilePartitioningStage, ImageReaderStage, ImageEmbeddingStage, UidSubsetStage, ImageWriterStage)
 
@@ -219,7 +220,8 @@ class Pipeline:
 
             def manifest_extra(counts: dict[str, Any]) -> dict[str, Any]:
                 return {"pipeline": {**self.describe(), **engine}, "models": context.models,
-                        "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts)}
+                        "random_weights": context.random_weights, "stage_counts": stage_counts(self.stages, counts),
+                        **context.manifest}
 
             written = writer.write(df, context, manifest_extra)
             for stage in self.stages:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .dedup import add_dedup_options, dedup_stage, print_summaries
 from .options import add_scheduler, print_failures
 
 # flag (argparse dest) → (stage class name, parameter), and its value when neither flag nor file gives one
@@ -29,6 +30,12 @@ FLAG_TARGETS: dict[str, tuple[str, str]] = {
     "clip_score_min": ("ImageTextAlignmentFilterStage", "score_threshold"),
     "clip_score_top_fraction": ("ImageTextAlignmentFilterStage", "top_fraction"),
     "save_uids": ("UidSubsetStage", "save_uids"),
+    "max_distance": ("ImageDeduplicationStage", "max_distance"),
+    "eps": ("ImageDeduplicationStage", "eps"),
+    "n_clusters": ("ImageDeduplicationStage", "n_clusters"),
+    "max_iter": ("ImageDeduplicationStage", "max_iter"),
+    "keep": ("ImageDeduplicationStage", "keep"),
+    "seed": ("ImageDeduplicationStage", "seed"),
 }
 DEFAULTS: dict[str, Any] = {"model": "ViT-L-14", "pretrained": "openai", "aesthetic_threshold": 5.0, "nsfw_threshold": 0.5,
                             "images_per_tar": 1000}
@@ -36,7 +43,8 @@ DEFAULTS: dict[str, Any] = {"model": "ViT-L-14", "pretrained": "openai", "aesthe
 
 def _given(args) -> dict[str, Any]:
     """The flags given on the command line (their defaults are None or False, so unset ones are told apart)."""
-    return {dest: getattr(args, dest) for dest in FLAG_TARGETS if getattr(args, dest, None) not in (None, False)}
+    values = {dest: getattr(args, dest, None) for dest in FLAG_TARGETS}
+    return {dest: value for dest, value in values.items() if value is not None and value is not False}  # 0 is a value
 
 
 def pipeline_from_args(args):
@@ -50,8 +58,9 @@ def pipeline_from_args(args):
     given = _given(args)
     on_error = "raise" if args.strict else "report"
     if args.config:
-        if args.basic_filter:
-            raise PipelineError(f"--basic-filter adds a stage; with --config, add ImageTextBasicFilterStage to {args.config}")
+        for flag, stage_class in (("basic_filter", "ImageTextBasicFilterStage"), ("dedup", "ImageDeduplicationStage")):
+            if getattr(args, flag):
+                raise PipelineError(f"--{flag.replace('_', '-')} adds a stage; with --config, add {stage_class} to {args.config}")
         pipeline = Pipeline.from_yaml(args.config)
         by_class = {type(stage).__name__: stage for stage in pipeline.stages}
         for dest, value in given.items():
@@ -60,6 +69,11 @@ def pipeline_from_args(args):
                 raise PipelineError(f"--{dest.replace('_', '-')} sets {stage_class}.{parameter}, but {args.config} has no "
                                     f"{stage_class}")
             setattr(by_class[stage_class], parameter, value)
+        if args.descending:  # a flag for the opposite of the stage's parameter
+            if "ImageDeduplicationStage" not in by_class:
+                raise PipelineError(f"--descending sets ImageDeduplicationStage.ascending, but {args.config} has none")
+            by_class["ImageDeduplicationStage"].ascending = False
+            given["descending"] = True
         for stage in pipeline.stages:
             if args.strict and hasattr(stage, "on_error"):
                 stage.on_error = "raise"
@@ -89,6 +103,7 @@ def pipeline_from_args(args):
         *alignment,
         ImageAestheticFilterStage(value["aesthetic_threshold"], weights=value["aesthetic_weights"]),
         ImageNSFWFilterStage(value["nsfw_threshold"], weights=value["nsfw_weights"]),
+        *[dedup_stage(args, method, value["model"], value["pretrained"]) for method in args.dedup or ()],
         ImageWriterStage(value["output"], images_per_tar=value["images_per_tar"], overwrite=bool(value["overwrite"]),
                          keep_dropped=bool(value["keep_dropped"]), verbose=verbose),
     ])
@@ -99,6 +114,7 @@ def run(args) -> int:
     result = pipeline.run(scheduler=args.scheduler)
     if not pipeline.stages[-1].verbose:
         print(result)
+    print_summaries(result.manifest)
     print_failures(result.write)
     for stage in pipeline.stages:
         if getattr(stage, "saved", None) is not None:
@@ -140,6 +156,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on GPU, decided on each worker)")
     p.add_argument("--device", help="torch device (default: cuda where the worker has one, else cpu)")
     p.add_argument("--keep-dropped", action="store_true", help="also write the filtered-out samples under OUT/_dropped/")
+    add_dedup_options(p, method_flag="--dedup", repeatable=True)
     p.add_argument("--output", "-o", help="output directory (or set in --config)")
     p.add_argument("--images-per-tar", type=int, metavar="N", help="samples per output shard (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory written by imgcurate")
