@@ -8,9 +8,11 @@ from .embed import embed, score_aesthetic, score_nsfw, score_with
 from .select import (
     filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
 )
+from .similar import mark_similar
 from .validate import validate_images
 
 __all__ = [
     "where", "mark_where", "mark_dropped", "ok_rows", "filter_aesthetic", "filter_nsfw", "mark_below_threshold",
     "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images",
+    "mark_similar",
 ]

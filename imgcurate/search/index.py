@@ -174,7 +174,9 @@ def _build(kind: str, params: dict[str, Any], store: VectorStore, progress: bool
         index.train(store.sample(params["train_size"]))
         log.info("trained %s lists and %s-byte codes on %s vectors in %.1f s", params["nlist"], params["m"],
                  params["train_size"], time.perf_counter() - started)
+    started = time.perf_counter()
     _fill(index, store, progress)
+    log.debug("added %s vectors in %.1f s", store.count, time.perf_counter() - started)
     return index
 
 
@@ -202,13 +204,16 @@ def _export_info(embeddings_dir: str) -> dict[str, Any]:
 
 
 def build_index(embeddings_dir: str, *, kind: str = "auto", output_dir: str | None = None, model_id: str | None = None,
-                max_index_memory: str | int = DEFAULT_MAX_INDEX_MEMORY, progress: bool = False) -> "SearchIndex":
+                max_index_memory: str | int = DEFAULT_MAX_INDEX_MEMORY, params: dict[str, Any] | None = None,
+                progress: bool = False) -> "SearchIndex":
     """Build a faiss index over ``embeddings_dir/img_emb`` (clip-retrieval's layout) and save it in
     ``output_dir`` (default: ``embeddings_dir``); returns it opened for :func:`imgcurate.search`.
 
     ``kind``: ``"auto"``, ``"flat"``, ``"ivfpq"`` or ``"hnsw"`` (module docstring). ``model_id``: the
     model that made the embeddings, when ``embeddings.json`` (written by ``export_embeddings``) does not
-    say it. ``max_index_memory``: the budget for the index itself (``"4G"``).
+    say it. ``max_index_memory``: the budget for the index itself (``"4G"``). ``params``: parameters
+    to use instead of the chosen ones (``nlist``, ``m``, ``nprobe``, ``rerank``, ``train_size`` for
+    ivfpq; ``M``, ``ef_construction``, ``ef_search``, ``rerank`` for hnsw); they are recorded as used.
     """
     import faiss
 
@@ -223,7 +228,11 @@ def build_index(embeddings_dir: str, *, kind: str = "auto", output_dir: str | No
     recorded = info.get("model_id")
     if model_id and recorded and model_id != recorded:
         raise ValueError(f"model_id={model_id!r} was given, but {EXPORT_JSON} says the embeddings were made by {recorded!r}")
-    kind, params = choose_index(store.count, store.dim, kind, max_index_memory)
+    kind, chosen = choose_index(store.count, store.dim, kind, max_index_memory)
+    unknown = sorted(set(params or {}) - set(chosen))
+    if unknown:
+        raise ValueError(f"unknown parameters for a {kind} index: {', '.join(unknown)} (it takes {', '.join(chosen) or 'none'})")
+    params = {**chosen, **(params or {})}
     started = time.perf_counter()
     index = _build(kind, params, store, progress)
     os.makedirs(output_dir, exist_ok=True)
