@@ -44,6 +44,7 @@ FLAT_MAX_VECTORS = 131_072
 DEFAULT_MAX_INDEX_MEMORY = "4G"  # clip-retrieval's default max_index_memory_usage
 TRAIN_POINTS_PER_LIST = 64  # faiss's k-means wants at least 39 per centroid; more costs training time
 MIN_TRAIN_POINTS = 65_536  # at least this many (or all): product quantisation trains 256 centroids per sub-vector
+MIN_IVFPQ_VECTORS = 1_000  # 256 centroids per sub-vector need a few points each
 PQ_DIMS_PER_CODE = (8, 12, 16, 24, 32, 48, 64)  # dimensions per code byte, tried in this order (finest first)
 DEFAULT_NPROBE_FRACTION = 1 / 32  # lists probed per query (see benchmarks/README.md for recall at this setting)
 DEFAULT_RERANK = 10  # candidates re-ranked exactly, per result asked for
@@ -95,9 +96,9 @@ def choose_index(count: int, dim: int, kind: str = "auto", max_index_memory: str
     if kind == "flat":
         return kind, {}
     if kind == "ivfpq":
-        if count < MIN_TRAIN_POINTS // 16:
-            raise ValueError(f"{count} vectors are too few to train an IVF-PQ index (faiss wants at least "
-                             f"{MIN_TRAIN_POINTS // 16}); use kind='flat'")
+        if count < MIN_IVFPQ_VECTORS:
+            raise ValueError(f"{count} vectors are too few to train an IVF-PQ index (at least {MIN_IVFPQ_VECTORS}); "
+                             f"use kind='flat'")
         return kind, ivfpq_params(count, dim, budget)
     return kind, hnsw_params(count, dim, budget)
 
