@@ -20,9 +20,10 @@ import bench_gpu
 import bench_io
 import bench_models
 import bench_scaling
+import bench_search
 from common import DATA, RESULTS, Config, dataset_for, markdown_table, print_measures, write_results
 
-BENCHMARKS = {module.NAME: module for module in (bench_io, bench_models, bench_scaling, bench_gpu)}
+BENCHMARKS = {module.NAME: module for module in (bench_io, bench_models, bench_scaling, bench_search, bench_gpu)}
 FULL = {"samples": 6400, "shards": 8, "repeats": 5}
 QUICK = {"samples": 1600, "shards": 4, "repeats": 3}
 

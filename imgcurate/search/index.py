@@ -40,7 +40,7 @@ from .vectors import NpyFile, VectorStore, list_npy_files
 
 log = logging.getLogger("imgcurate")
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
-FLAT_MAX_VECTORS = 131_072
+FLAT_MAX_VECTORS = 24_576
 DEFAULT_MAX_INDEX_MEMORY = "4G"  # clip-retrieval's default max_index_memory_usage
 TRAIN_POINTS_PER_LIST = 64  # faiss's k-means wants at least 39 per centroid; more costs training time
 MIN_TRAIN_POINTS = 65_536  # at least this many (or all): product quantisation trains 256 centroids per sub-vector
