@@ -261,6 +261,9 @@ def test_ivfpq_top_k_recall_against_brute_force(clustered_export, tmp_path):
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     recall = np.mean([len(set(ids) & set(t)) / 10 for (ids, _), t in zip(index.knn(queries, 10), truth)])
     assert recall >= 0.9
+    index.params["nprobe"] = 1  # one list holds fewer than the candidates asked for: faiss pads with -1
+    for ids, scores in index.knn(queries[:5], 100):
+        assert 0 < len(ids) <= 100 and ids.min() >= 0 and (np.diff(scores) <= 0).all()
     document = json.loads((tmp_path / "ivf" / "index.json").read_text())
     assert document["kind"] == "ivfpq" and document["faiss_description"] == "IVF32,PQ8x8"
     assert document["model_id"] == "test/vectors" and document["count"] == 4000 and document["dim"] == 32

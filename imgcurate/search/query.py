@@ -121,11 +121,12 @@ class SearchIndex:
     def _rerank(self, queries: np.ndarray, candidates: list[np.ndarray], k: int | None,
                 min_similarity: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Exact similarities of each query's candidate ids, best first, cut to ``k`` / the threshold."""
+        candidates = [ids[ids >= 0] for ids in candidates]  # faiss pads with -1 when it finds fewer
         every = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
         vectors = self.store.gather(every)
         out = []
         for query, ids in zip(queries, candidates):
-            ids = np.unique(ids[ids >= 0])
+            ids = np.unique(ids)
             scores = similarities(query[None, :], vectors[np.searchsorted(every, ids)])[0]
             if min_similarity is not None:
                 keep = scores >= min_similarity
