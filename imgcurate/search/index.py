@@ -47,6 +47,7 @@ MIN_TRAIN_POINTS = 65_536  # at least this many (or all): product quantisation t
 MIN_IVFPQ_VECTORS = 1_000  # 256 centroids per sub-vector need a few points each
 PQ_DIMS_PER_CODE = (8, 12, 16, 24, 32, 48, 64)  # dimensions per code byte, tried in this order (finest first)
 DEFAULT_NPROBE_FRACTION = 1 / 32  # lists probed per query (see benchmarks/README.md for recall at this setting)
+MIN_NPROBE = 8
 DEFAULT_RERANK = 10  # candidates re-ranked exactly, per result asked for
 MIN_CANDIDATES = 100
 HNSW_EF_SEARCH = 128
@@ -73,7 +74,7 @@ def ivfpq_params(count: int, dim: int, budget: int) -> dict[str, Any]:
             break
     else:
         raise ValueError(f"an IVF-PQ index of {count} {dim}-d vectors does not fit max_index_memory={budget} bytes")
-    return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": max(1, round(nlist * DEFAULT_NPROBE_FRACTION)),
+    return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": max(MIN_NPROBE, round(nlist * DEFAULT_NPROBE_FRACTION)),
             "rerank": DEFAULT_RERANK, "train_size": min(count, max(MIN_TRAIN_POINTS, TRAIN_POINTS_PER_LIST * nlist))}
 
 
