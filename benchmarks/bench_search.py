@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, Config, Dataset, Measure, compare, first_images, interleave, report, timed
+from common import REPO, Config, Dataset, Measure, compare, first_images, interleave, timed
 
 NAME = "search"
 DIM = 768

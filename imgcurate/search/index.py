@@ -30,13 +30,16 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._version import __version__
 from .layout import EXPORT_JSON, IMG_EMB, INDEX_FILE, INDEX_JSON, IVF_CAPS_FILE, METADATA
 from .vectors import NpyFile, VectorStore, list_npy_files
+
+if TYPE_CHECKING:
+    from .query import SearchIndex
 
 log = logging.getLogger("imgcurate")
 KINDS = ("auto", "flat", "ivfpq", "hnsw")

@@ -21,7 +21,6 @@ INDEX_JSON = "index.json"  # what build_index built: kind, parameters, model, wh
 IVF_CAPS_FILE = "ivf_caps.npy"  # per inverted list, the cone around its centroid that holds every member
 
 EXPORT_NAMES = (IMG_EMB, TEXT_EMB, METADATA, EXPORT_JSON, INDEX_FILE, INDEX_JSON, IVF_CAPS_FILE)
-INDEX_NAMES = (INDEX_FILE, INDEX_JSON, IVF_CAPS_FILE)
 
 
 def number_width(partitions: int) -> int:
