@@ -15,8 +15,10 @@ empty ones skipped) through memory maps, so the set may be larger than memory:
 
 ``kind="auto"`` chooses ``flat`` up to :data:`FLAT_MAX_VECTORS` and ``ivfpq`` above. The index is
 saved as ``image.index`` with ``index.json`` (model, width, count, kind, parameters, files) and,
-for ``ivfpq``, ``ivf_caps.npy``: per list, the cone around its centroid that holds every member,
-which lets a range search prove which lists cannot hold a match (:mod:`imgcurate.search.query`).
+for ``ivfpq``, ``ivf_caps.npy``: per list, the cone around its centroid that holds every member and
+the largest error of a member's code, which let a range search prove which lists cannot hold a
+match and how far below the threshold a match's compressed similarity can fall
+(:mod:`imgcurate.search.query`).
 With faiss's GPU build and a GPU, the k-means of the IVF training runs on the GPUs.
 """
 
@@ -138,19 +140,28 @@ def list_members(index) -> np.ndarray:
 
 
 def ivf_caps(index, store: VectorStore) -> np.ndarray:
-    """Per list (cos of the widest angle between a member and the centroid's direction, largest member norm),
-    from a second pass over the vectors; an empty list gets (1, 0): it can hold no match."""
+    """Per list, from a second pass over the vectors: the cosine of the widest angle between a member and
+    the centroid's direction, the largest member norm, and the largest error of a member's code (the
+    distance between the vector and what its code decodes to). An empty list gets (1, 0, 0): it holds no match."""
+    import faiss
+
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     centroids = faiss_centroids(index)
+    centroids32 = centroids.astype(np.float32)
     directions = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-30)
     owner = list_members(index)
-    caps = np.zeros((len(centroids), 2), dtype=np.float64)
+    caps = np.zeros((len(centroids), 3), dtype=np.float64)
     caps[:, 0] = 1.0
     for start, chunk in store.chunks():
         lists = owner[start : start + len(chunk)]
-        norms = np.linalg.norm(chunk.astype(np.float64), axis=1)
-        cosines = np.einsum("ij,ij->i", chunk.astype(np.float64), directions[lists]) / np.maximum(norms, 1e-30)
-        np.minimum.at(caps[:, 0], lists, cosines)
+        wide = chunk.astype(np.float64)
+        norms = np.linalg.norm(wide, axis=1)
+        np.minimum.at(caps[:, 0], lists, np.einsum("ij,ij->i", wide, directions[lists]) / np.maximum(norms, 1e-30))
         np.maximum.at(caps[:, 1], lists, norms)
+        # the codes faiss stored: the residual from the list's centroid, product-quantised (IndexIVFPQ.add)
+        residuals = chunk - centroids32[lists]
+        decoded = ivf.pq.decode(ivf.pq.compute_codes(residuals))
+        np.maximum.at(caps[:, 2], lists, np.linalg.norm((residuals - decoded).astype(np.float64), axis=1))
     return caps
 
 

@@ -13,13 +13,16 @@ One query, walked through (docs/architecture.md, "Search"):
    a result.
 
 A range query (``min_similarity``) must find *every* vector at or above the threshold, which the
-codes and the graph cannot promise. ``flat`` answers it exactly (faiss's range search, then the
-exact re-rank). ``ivfpq`` widens ``nprobe`` to every list that could hold a match: each list's
-members lie in a cone around its centroid (``ivf_caps.npy``), so a list whose cone's closest
-point to the query is below the threshold holds none; the members of the others are re-ranked
-exactly. Where that would touch more than :data:`SCAN_FRACTION` of the vectors, and always for
-``hnsw`` (a graph proves nothing about what it did not visit), the query is answered by one exact
-pass over the vectors instead.
+codes and the graph cannot promise (faiss's own range search on an IVF index looks only in
+``nprobe`` lists and compares compressed similarities). ``flat`` answers it exactly (faiss's range
+search, then the exact re-rank). ``ivfpq`` widens ``nprobe`` to every list that could hold a
+match: each list's members lie in a cone around its centroid (``ivf_caps.npy``), so a list whose
+cone's closest point to the query is below the threshold holds none. In the others, faiss's range
+search runs with the threshold lowered by ``‖q‖ ×`` the largest error of a code in those lists
+(``q·x`` and ``q·x̂`` differ by at most that), so no match is missed, and the candidates are
+re-ranked exactly. Where the lists hold more than :data:`SCAN_FRACTION` of the vectors, and always
+for ``hnsw`` (a graph proves nothing about what it did not visit), the query is answered by one
+exact pass over the vectors instead.
 """
 
 from __future__ import annotations
@@ -87,12 +90,11 @@ class SearchIndex:
 
             centroids = faiss_centroids(self.faiss)
             self.directions = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-30)
+            self.centroids32 = centroids.astype(np.float32)
             caps = np.load(os.path.join(self.directory, IVF_CAPS_FILE))
             self.cap_angles, self.cap_norms = np.arccos(np.clip(caps[:, 0], -1, 1)), caps[:, 1]
-            owner = list_members(self.faiss)
-            self.list_sizes = np.bincount(owner, minlength=len(centroids))
-            self._list_order = np.argsort(owner, kind="stable")  # ids grouped by list, ascending within each
-            self._list_starts = np.concatenate([[0], np.cumsum(self.list_sizes)])
+            self.code_errors = caps[:, 2]
+            self.list_sizes = np.bincount(list_members(self.faiss), minlength=len(centroids))
 
     def __repr__(self) -> str:
         return (f"SearchIndex({self.directory!r}, kind={self.kind!r}, count={self.count}, dim={self.dim}, "
@@ -161,10 +163,17 @@ class SearchIndex:
             plans.append(None if self.list_sizes[lists].sum() > SCAN_FRACTION * self.count else lists)
         return plans
 
-    def _members(self, lists: np.ndarray) -> np.ndarray:
+    def _within_lists(self, query: np.ndarray, lists: np.ndarray, min_similarity: float) -> np.ndarray:
+        """Candidate ids for one query from exactly ``lists``: faiss's range search over their codes, the
+        threshold lowered by the most a code's similarity can fall short of the vector's."""
         if not len(lists):
             return np.zeros(0, np.int64)
-        return np.concatenate([self._list_order[self._list_starts[j] : self._list_starts[j + 1]] for j in lists])
+        radius = min_similarity - float(np.linalg.norm(query)) * float(self.code_errors[lists].max()) - RANGE_SLACK
+        centroid_scores = (self.centroids32[lists] @ query)[None, :]
+        self.faiss.nprobe = len(lists)  # the wrapper checks the lists given against nprobe
+        _, _, ids = self.faiss.range_search_preassigned(query[None, :], radius, lists[None, :].astype(np.int64),
+                                                         centroid_scores.astype(np.float32))
+        return ids.astype(np.int64)
 
     def within(self, queries: np.ndarray, min_similarity: float, k: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query, every (id, exact similarity) with similarity ≥ ``min_similarity``, best first (the ``k``
@@ -180,7 +189,8 @@ class SearchIndex:
         plans = self.range_plan(queries, min_similarity)
         listed = [i for i, plan in enumerate(plans) if plan is not None]
         if listed:
-            found = self._rerank(queries[listed], [self._members(plans[i]) for i in listed], k, min_similarity)
+            candidates = [self._within_lists(queries[i], plans[i], min_similarity) for i in listed]
+            found = self._rerank(queries[listed], candidates, k, min_similarity)
             for i, result in zip(listed, found):
                 results[i] = result
         scanned = [i for i, plan in enumerate(plans) if plan is None]
