@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,18 +115,26 @@ def metadata_table(picked: pa.Table) -> pa.Table:
     return pa.table(arrays, names=fields)
 
 
-def as_dtype(matrix: np.ndarray, dtype: str) -> np.ndarray:
-    """``matrix`` as ``dtype``; float32 → float16 through torch, whose conversion is vectorised (4–7× numpy's
-    ``astype`` here, measured for benchmarks/README.md), so exporting keeps up with writing."""
-    if dtype == "float16" and matrix.dtype == np.float32:
+class _Float16Buffer(threading.local):
+    """One float16 buffer per thread, reused by every partition the thread exports: converting into memory
+    already touched costs half of converting into fresh pages (benchmarks/README.md, "Search")."""
+
+    tensor = None
+
+    def view(self, rows: int, width: int):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(matrix)).to(torch.float16).numpy()
-    return matrix.astype(dtype, copy=False)
+        if self.tensor is None or self.tensor.numel() < rows * width:
+            self.tensor = torch.empty(rows * width, dtype=torch.float16)
+        return self.tensor[: rows * width].view(rows, width)
 
 
-def vectors_of(picked: pa.Table, name: str, dtype: str) -> np.ndarray:
-    """The ``name`` vectors of the rows ``picked`` as a C-ordered (rows × width) array of ``dtype``; null vectors are zeros."""
+_FLOAT16 = _Float16Buffer()
+
+
+def float_matrix(picked: pa.Table, name: str) -> np.ndarray:
+    """The ``name`` vectors of the rows ``picked`` as a C-ordered float32 (rows × width) array (no copy when
+    the column is a fixed-size list without nulls); null vectors are zeros."""
     column = picked.column(name)
     column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if not pa.types.is_fixed_size_list(column.type):
@@ -138,13 +147,21 @@ def vectors_of(picked: pa.Table, name: str, dtype: str) -> np.ndarray:
     if column.null_count:
         column = column.fill_null(pa.scalar([0.0] * width, column.type))
     flat = column.values.slice(column.offset * width, len(column) * width)
-    return as_dtype(flat.to_numpy(zero_copy_only=False).reshape(len(column), width), dtype)
+    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(column), width)
 
 
-def _write_npy(fs, local: bool, path: str, array: np.ndarray) -> None:
-    # a real file object lets numpy write the array in one call instead of copying it out in pieces
+def write_npy(fs, local: bool, path: str, matrix: np.ndarray, dtype: str) -> None:
+    """``matrix`` as a ``.npy`` file (format 1.0) of ``dtype``. float32 → float16 goes through torch into
+    the thread's reused buffer: torch's conversion is vectorised (numpy's ``astype`` took 4–7× longer here)."""
     with (open(path, "wb") if local else fs.open(path, "wb")) as f:
-        np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
+        if dtype == "float16" and matrix.dtype == np.float32:
+            import torch
+
+            half = _FLOAT16.view(*matrix.shape)
+            half.copy_(torch.from_numpy(np.ascontiguousarray(matrix)))
+            matrix = half.numpy()
+        # a real file object lets numpy write the array in one call instead of copying it out in pieces
+        np.lib.format.write_array(f, matrix.astype(dtype, copy=False), version=(1, 0), allow_pickle=False)
 
 
 def export_partition(frame, number: int, options: ExportOptions) -> dict[str, Any]:
@@ -160,13 +177,16 @@ def export_partition(frame, number: int, options: ExportOptions) -> dict[str, An
     local = is_local_fs(fs)
     names = file_names(number, options.width)
     picked = table if len(rows) == len(table) else table.take(pa.array(rows, pa.int64()))
-    images = vectors_of(picked, C.EMBEDDING, options.dtype)
-    _write_npy(fs, local, f"{root}/{names[IMG_EMB]}", images)
+    images = float_matrix(picked, C.EMBEDDING)
+    write_npy(fs, local, f"{root}/{names[IMG_EMB]}", images, options.dtype)
     if options.text:
-        _write_npy(fs, local, f"{root}/{names[TEXT_EMB]}", vectors_of(picked, C.TEXT_EMBEDDING, options.dtype))
+        write_npy(fs, local, f"{root}/{names[TEXT_EMB]}", float_matrix(picked, C.TEXT_EMBEDDING), options.dtype)
     metadata = metadata_table(picked)
-    with fs.open(f"{root}/{names[METADATA]}", "wb") as f:
-        pq.write_table(metadata, f, row_group_size=METADATA_ROW_GROUP)
+    if local:  # Arrow's own file writer: fsspec's local file takes each of Parquet's small writes in Python
+        pq.write_table(metadata, f"{root}/{names[METADATA]}", row_group_size=METADATA_ROW_GROUP)
+    else:
+        with fs.open(f"{root}/{names[METADATA]}", "wb") as f:
+            pq.write_table(metadata, f, row_group_size=METADATA_ROW_GROUP)
     if C.EMBEDDING_MODEL in metadata.column_names:
         record["models"] = sorted({m for m in pc.unique(metadata.column(C.EMBEDDING_MODEL)).to_pylist() if m})
     record["dim"] = images.shape[1]
