@@ -416,3 +416,17 @@ def test_search_is_callable_whichever_way_the_package_was_imported():
             "import imgcurate.search as s; assert callable(s); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.gpu
+def test_ivf_training_runs_on_the_gpu_with_faiss_gpu(clustered_export, tmp_path):
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        pytest.skip("needs faiss's GPU build and a GPU")
+    directory, vectors = clustered_export
+    index = build_index(str(directory), kind="ivfpq", params={"nlist": 32, "m": 8, "nprobe": 32, "train_size": 4000},
+                        output_dir=str(tmp_path / "gpu"))
+    queries = clustered(20, 32, seed=9)
+    for (ids, _), row in zip(index.within(queries, 0.8), queries @ vectors.T):
+        assert set(ids.tolist()) >= set(np.flatnonzero(row >= 0.8 + 1e-5).tolist())
