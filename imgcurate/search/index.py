@@ -3,9 +3,9 @@
 ``build_index(embeddings_dir)`` reads ``img_emb/`` as embedding-reader does (sorted ``.npy`` files,
 empty ones skipped) through memory maps, so the set may be larger than memory:
 
-* ``flat``: ``IndexFlatIP``, exact, for sets up to :data:`FLAT_MAX_VECTORS` (measured: the size at
-  which one exact query still takes about 10 ms on two cores, autofaiss's default query-time target;
-  see benchmarks/README.md, "Search");
+* ``flat``: ``IndexFlatIP``, exact, for sets up to :data:`FLAT_MAX_VECTORS` (measured: there one exact
+  query costs about twice an IVF-PQ query on two quiet cores, 4.3 ms, and stays near autofaiss's 10 ms
+  target under load; see benchmarks/README.md, "Search");
 * ``ivfpq``: an inverted file of about √n lists with product-quantised codes, trained on a seeded
   sample and filled one file at a time; the code size is the largest that fits ``max_index_memory``
   (autofaiss's rule: the memory budget sets the compression). Candidates are re-ranked exactly
