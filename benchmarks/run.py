@@ -23,10 +23,11 @@ import bench_gpu
 import bench_io
 import bench_models
 import bench_scaling
+import bench_search
 from common import DATA, RESULTS, Config, dataset_for, markdown_table, print_measures, write_results
 
 BENCHMARKS = {module.NAME: module for module in (bench_io, bench_defaults, bench_models, bench_scaling, bench_captions,
-                                                          bench_dedup, bench_gpu)}
+                                                          bench_dedup, bench_search, bench_gpu)}
 FULL = {"samples": 6400, "shards": 8, "repeats": 5}
 QUICK = {"samples": 1600, "shards": 4, "repeats": 3}
 

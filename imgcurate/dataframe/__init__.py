@@ -13,6 +13,7 @@ from .embed import embed, score_aesthetic, score_nsfw, score_with
 from .select import (
     filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
 )
+from .similar import mark_similar
 from .validate import validate_images
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "embed_text", "clip_score", "clip_score_threshold", "filter_clip_score", "basic_filter", "check_uids", "select_uids",
     "save_uids", "uid_subset_misses",
     "hash_images", "mark_duplicates", "dedup",
+    "mark_similar",
 ]

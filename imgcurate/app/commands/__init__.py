@@ -5,4 +5,4 @@ function that runs the command; :data:`MODULES` is the order they appear in ``--
 imports (Dask, torch) happen inside the functions that run, so ``imgcurate --help`` is quick.
 """
 
-MODULES = ("reshard", "subset", "curate", "dedup", "query", "inspect", "report", "sample_data", "demo")
+MODULES = ("reshard", "subset", "curate", "dedup", "index", "search", "query", "inspect", "report", "sample_data", "demo")
