@@ -284,8 +284,7 @@ def measure_export(config: Config, work: Path, dtype: str = "float16") -> Measur
                                                   dtype=pd.ArrowDtype(pa.list_(pa.float32(), DIM)))})
               for p, v in enumerate(vectors)]
     df = dd.from_map(lambda frame: frame, frames, meta=frames[0].iloc[:0])
-    halves = [v.astype(dtype) for v in vectors]
-    megabytes = sum(h.nbytes for h in halves) / 1e6
+    megabytes = sum(v.size for v in vectors) * np.dtype(dtype).itemsize / 1e6
 
     def ours() -> float:
         shutil.rmtree(work / "export", ignore_errors=True)
@@ -295,11 +294,13 @@ def measure_export(config: Config, work: Path, dtype: str = "float16") -> Measur
     def peer() -> float:
         shutil.rmtree(work / "numpy", ignore_errors=True)
         (work / "numpy").mkdir()
-        return megabytes / timed(lambda: [np.save(work / "numpy" / f"img_emb_{p}.npy", h) for p, h in enumerate(halves)])
+        # the frame's embeddings are float32: numpy writes them as float16 the only way it can, converting first
+        return megabytes / timed(lambda: [np.save(work / "numpy" / f"img_emb_{p}.npy", v.astype(dtype, copy=False))
+                                          for p, v in enumerate(vectors)])
 
     ours_runs, peer_runs = interleave(config.repeats, ours, peer, warm_up=True)
-    converts = " (ours converts the frame's float32 to float16 on the way)" if dtype == "float16" else ""
-    return compare(f"export embeddings, {dtype}", "MB/s", ours_runs, peer_runs, f"numpy.save of the same {dtype} arrays",
+    converts = " (both convert the frame's float32 to float16 on the way)" if dtype == "float16" else ""
+    return compare(f"export embeddings, {dtype}", "MB/s", ours_runs, peer_runs, f"numpy.save of the same arrays as {dtype}",
                    ">= 0.8", minimum=0.8, note=f"{rows:,} x {DIM} {dtype} ({megabytes:.0f} MB) in {partitions} partitions, "
                                                f"with their metadata Parquet; Dask threads{converts}")
 
