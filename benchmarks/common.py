@@ -274,6 +274,8 @@ def markdown_table(results: Path) -> str:
     lines = ["| benchmark | measure | ours | peer (same run) | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("*.json")):
         document = json.loads(path.read_text())
+        if "benchmark" not in document:  # another tool's file (the GPU check's table)
+            continue
         if document.get("status", "ok") != "ok":
             lines.append(f"| {document['benchmark']} | — | {document['status']} | | | | |")
             continue

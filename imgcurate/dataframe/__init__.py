@@ -1,26 +1,39 @@
 """The dataframe verbs: each takes and returns a Dask DataFrame, a thin ``map_partitions`` over a
-partition function in :mod:`imgcurate.ops`, with its output ``meta`` worked out by running that
-function on the input's empty meta (so mistakes show up when the call is made, before any data
-is read).
+partition function in :mod:`imgcurate.ops` (or a few Dask steps for the verbs that work across
+partitions: dedup, the top fraction, uids), with its output ``meta`` worked out by running that
+function on the input's empty meta, so mistakes show up when the call is made, before any data
+is read.
+
+Each verb's module is imported when the verb is first used: a command that only filters does not
+pay for the imports of deduplication or captions.
 """
 
-from .captions import (
-    basic_filter, check_uids, clip_score, clip_score_threshold, embed_text, filter_clip_score, save_uids, select_uids,
-    uid_subset_misses,
-)
-from .dedup import dedup, hash_images, mark_duplicates
-from .embed import embed, score_aesthetic, score_nsfw, score_with
-from .select import (
-    filter_aesthetic, filter_nsfw, mark_below_threshold, mark_dropped, mark_where, ok_rows, where,
-)
-from .similar import mark_similar
-from .validate import validate_images
+import importlib
 
-__all__ = [
-    "where", "mark_where", "mark_dropped", "ok_rows", "filter_aesthetic", "filter_nsfw", "mark_below_threshold",
-    "embed", "score_with", "score_aesthetic", "score_nsfw", "validate_images",
-    "embed_text", "clip_score", "clip_score_threshold", "filter_clip_score", "basic_filter", "check_uids", "select_uids",
-    "save_uids", "uid_subset_misses",
-    "hash_images", "mark_duplicates", "dedup",
-    "mark_similar",
-]
+# verb -> the module of this package that defines it
+_VERBS = {
+    "where": "select", "mark_where": "select", "mark_dropped": "select", "ok_rows": "select",
+    "filter_aesthetic": "select", "filter_nsfw": "select", "mark_below_threshold": "select",
+    "embed": "embed", "score_with": "embed", "score_aesthetic": "embed", "score_nsfw": "embed",
+    "validate_images": "validate",
+    "embed_text": "captions", "clip_score": "captions", "clip_score_threshold": "captions", "filter_clip_score": "captions",
+    "basic_filter": "captions", "check_uids": "captions", "select_uids": "captions", "save_uids": "captions",
+    "uid_subset_misses": "captions",
+    "hash_images": "dedup", "mark_duplicates": "dedup", "dedup": "dedup",
+    "mark_similar": "similar",
+}
+
+__all__ = list(_VERBS)
+
+
+def __getattr__(name: str):
+    module = _VERBS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgcurate.dataframe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_VERBS))

@@ -21,16 +21,13 @@ import pandas as pd
 import pyarrow as pa
 
 from ..common import columns as C
+from ..common.defaults import DEDUP_EPS, DEDUP_MAX_DISTANCE, DEDUP_MAX_ITER
 from ..ops import dedup as D
 from ..ops.hashing import DRAFT_SIDE
 
-# measured on the real photos (benchmarks/README.md, "Deduplication"): every re-encode, downscale and
-# PNG→JPEG is within 4 bits (the required q70 and 1/2 within 2), different photos 20 or more apart
-DEFAULT_MAX_DISTANCE = 4
-DEFAULT_EPS = 0.01  # NeMo Curator's image deduplication tutorial
+DEFAULT_MAX_DISTANCE, DEFAULT_EPS, DEFAULT_MAX_ITER = DEDUP_MAX_DISTANCE, DEDUP_EPS, DEDUP_MAX_ITER
 ROWS_PER_CLUSTER = 1000  # n_clusters=None: one cluster per this many samples
 MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this many samples per cluster (faiss's own default)
-DEFAULT_MAX_ITER = 100  # SemDeDup's niter
 METHOD_COLUMNS = {"exact": (C.IS_DUPLICATE, C.DUPLICATE_OF), "phash": (C.IS_DUPLICATE, C.DUPLICATE_OF, C.PHASH_DISTANCE),
                   "semantic": (C.IS_DUPLICATE, C.DUPLICATE_OF, C.CLUSTER, C.MAX_SIMILARITY)}
 

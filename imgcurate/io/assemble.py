@@ -22,7 +22,7 @@ from .ranges import RangeSource, ShardSink
 from .sample_json import sample_json_documents
 from .shardplan import ShardPlan
 from .staging import BLOB_OFFSET, BLOB_SIZE, BLOB_URL, KEPT, WriteOptions, column_or_nulls, read_staged
-from .tar import END_OF_ARCHIVE, member_headers, padding
+from .tar import BLOCK, END_OF_ARCHIVE, member_headers, padding
 from .outputdir import TMP_DIR
 
 
@@ -122,23 +122,24 @@ def shard_members(rows: pa.Table, keys: list[str], blob_url: list[str | None]) -
     return [names[j] for j in order], [sizes[j] for j in order], [contents[j] for j in order]
 
 
+PIECES_PER_MEMBER = 3  # header, content, padding
+
+
 def write_tar(sink: ShardSink, headers: list[bytes], sizes: list[int], contents: list[bytes | int],
               copy_image: Callable[[int, int], None]) -> None:
     """Each member's header, content and padding, then the end-of-archive blocks. A content that is
     a row number is an image: ``copy_image(row, size)`` puts its bytes in the sink; what lies
-    between two images goes out as one write."""
-    pending: list[bytes] = []
-    for header, size, content in zip(headers, sizes, contents):
-        pending.append(header)
-        if isinstance(content, int):
-            sink.write(b"".join(pending))
-            pending = []
-            copy_image(content, size)
-        else:
-            pending.append(content)
-        pending.append(padding(size))
-    pending.append(END_OF_ARCHIVE)
-    sink.write(b"".join(pending))
+    between two images goes out as one write (a loop over the images, not the members: this is
+    the reshard's hot path)."""
+    pieces = [piece for member in zip(headers, contents, map(padding, sizes)) for piece in member]
+    pieces.append(END_OF_ARCHIVE)
+    written = 0
+    for member in [j for j, content in enumerate(contents) if type(content) is int]:
+        at = PIECES_PER_MEMBER * member + 1  # the member's content: after its header
+        sink.write(b"".join(pieces[written:at]))
+        copy_image(contents[member], sizes[member])
+        written = at + 1
+    sink.write(b"".join(pieces[written:]))
 
 
 def write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, images: ImageSources) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def write_shard(plan: ShardPlan, rows: pa.Table, options: WriteOptions, images: 
     blob_offset = column_or_nulls(rows, BLOB_OFFSET, pa.int64()).to_pylist()
     names, sizes, contents = shard_members(rows, keys, blob_url)
     headers = member_headers(names, sizes)
-    expected_size = sum(map(len, headers)) + sum(sizes) + sum(len(padding(size)) for size in sizes) + len(END_OF_ARCHIVE)
+    expected_size = sum(map(len, headers)) + sum(sizes) + int((-np.asarray(sizes, dtype=np.int64) % BLOCK).sum()) + len(END_OF_ARCHIVE)
     sink = ShardSink(options.assembled(plan.stream, f"{plan.name}.tar"), options.storage_options, expected_size)
     image_bytes: list[bytes | None] = [None] * len(keys)  # kept for the Parquet only with remove_image_data=False
 

@@ -66,13 +66,14 @@ def read_shard_samples(task: ShardTask) -> tuple[list[Sample], list[Failure]]:
     return samples, failures
 
 
-def read_plain_shard(task: ShardTask) -> PlainShard | None:
+def read_plain_shard(task: ShardTask, members: bool = True) -> PlainShard | None:
     """A local, uncompressed shard indexed at once when it is plain (the common case; see
     :mod:`~imgcurate.io.tarindex`), else None and :func:`read_shard_samples` reads it.
 
     The header walk reads only the blocks that hold headers and small members, and the images,
     when wanted, are read from the file by range into one buffer: each image byte is copied once,
-    and no memory is taken for the rest of the shard.
+    and no memory is taken for the rest of the shard. ``members=False`` reads no member at all, only
+    the headers: the samples, for counting them.
     """
     if is_compressed_shard(task.url):
         return None
@@ -85,7 +86,7 @@ def read_plain_shard(task: ShardTask) -> PlainShard | None:
             if size == 0:
                 return None
             read_images = functools.partial(read_ranges, f.fileno()) if task.with_images else None
-            return index_plain_file(f.fileno(), size, read_images)
+            return index_plain_file(f.fileno(), size, read_images, members)
     except (OSError, ValueError):
         return None  # the scanner opens it again and reports what is wrong
 
@@ -165,7 +166,7 @@ def count_samples(task: ShardTask) -> dict[str, Any]:
     reader finds them, a sample cut short included) and, when its sidecar lists keys the shard has
     no member for (img2dataset's failed downloads), ``sidecar_only`` by their ``status``."""
     headers_only = replace(task, with_images=False)
-    plain = read_plain_shard(headers_only)
+    plain = read_plain_shard(headers_only, members=False)
     if plain is not None:
         samples, keys = len(plain), set(plain.keys.to_pylist())
     else:

@@ -202,10 +202,13 @@ ImageReader = Callable[[np.ndarray, np.ndarray, np.ndarray], pa.BinaryArray | No
 _MEMBER_GAP = 4096
 
 
-def index_plain_file(fd: int, size: int, read_images: ImageReader | None = None) -> PlainShard | None:
+def index_plain_file(fd: int, size: int, read_images: ImageReader | None = None, members: bool = True) -> PlainShard | None:
     """:func:`index_plain_tar` of an open file of ``size`` bytes. With the compiled walk, the headers
     are read a few KiB at a time and the small members by range: nothing is mapped (a mapping's
-    page faults and its unmapping cost more than these reads). Without it, the file is mapped."""
+    page faults and its unmapping cost more than these reads). Without it, the file is mapped.
+    ``members=False``: the small members' bytes are not read (each is empty): the samples only."""
+    if not members:
+        return _index(scan_headers_of_file(fd, size), _no_members, None)
     if _fastio is None:
         mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         try:
@@ -218,6 +221,21 @@ def index_plain_file(fd: int, size: int, read_images: ImageReader | None = None)
                 mapped.close()
     members = functools.partial(_read_members, fd)
     return _index(_scanned(_fastio.scan_file(fd, size)), members, read_images)
+
+
+def scan_headers_of_file(fd: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`scan_headers` of an open file: read a window at a time with the compiled walk, else mapped."""
+    if _fastio is not None:
+        return _scanned(_fastio.scan_file(fd, size))
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+        found = scan_headers(mapped)
+        # the arrays must not keep the mapping alive: copies of the (small) header fields
+        return None if found is None else tuple(np.array(part, copy=True) for part in found)
+
+
+def _no_members(offsets: np.ndarray, sizes: np.ndarray) -> pa.BinaryArray:
+    return pa.Array.from_buffers(pa.binary(), len(offsets), [None, pa.py_buffer(np.zeros(len(offsets) + 1, np.int32)),
+                                                             pa.py_buffer(b"")])
 
 
 def _read_members(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> pa.BinaryArray | None:

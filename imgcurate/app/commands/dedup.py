@@ -14,7 +14,8 @@ METHODS = ("exact", "phash", "semantic")
 
 def add_dedup_options(parser, *, method_flag: str = "--method", repeatable: bool = False) -> None:
     """The deduplication options: the method, its threshold and clustering, and the keep order."""
-    from ...dataframe.dedup import DEFAULT_EPS, DEFAULT_MAX_DISTANCE, DEFAULT_MAX_ITER
+    from ...common.defaults import DEDUP_EPS as DEFAULT_EPS, DEDUP_MAX_DISTANCE as DEFAULT_MAX_DISTANCE
+    from ...common.defaults import DEDUP_MAX_ITER as DEFAULT_MAX_ITER
 
     if repeatable:
         parser.add_argument(method_flag, action="append", choices=METHODS, metavar="METHOD", dest="dedup",

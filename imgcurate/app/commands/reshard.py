@@ -8,7 +8,7 @@ from .options import add_output, add_scheduler, add_validate_images, check_befor
 
 
 def run(args) -> int:
-    from ...dataframe import check_uids, mark_where, validate_images
+    from ...dataframe import mark_where, validate_images
     from ...io.reader import read_webdataset
     from ...io.writer import write_webdataset
 
@@ -22,6 +22,8 @@ def run(args) -> int:
             df = validate_images(df, on_error=on_error)
         save_uids = getattr(args, "save_uids", None)
         if save_uids:  # a sample the uid file cannot list is not written either
+            from ...dataframe import check_uids
+
             df = check_uids(df, on_error=on_error)
         result = write_webdataset(df, args.output, images_per_tar=args.images_per_tar, overwrite=args.overwrite,
                                   progress=not args.no_progress)
