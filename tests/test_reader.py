@@ -357,3 +357,19 @@ def test_json_wins_over_the_sidecar_and_says_so_once(tmp_path):
     with pytest.warns(UserWarning, match="'width' differs between samples' .json and their sidecar.*.json value is kept"):
         frame = read_webdataset(tmp_path).compute()
     assert frame.width.tolist() == [100, 7]
+
+
+def test_samples_are_counted_where_they_were_read(photo_dataset, monkeypatch):
+    """The writer's count of a shard's samples is what the read found (no second pass in the same
+    process), and the same as a pass over the shard's headers."""
+    from imgcurate.io import reader
+    from imgcurate.io.reader import ShardTask, read_partition_table
+
+    directory, _ = photo_dataset
+    task = ShardTask(str(directory / "00000.tar"), False, str(directory / "00000.parquet"), None, "report")
+    reader._READ_COUNTS.clear()
+    walked = reader.count_samples(task)
+    assert walked == {"shard": task.url, "samples": 10, "sidecar_only": {"failed_to_download": 1}}
+    read_partition_table(task, None)
+    monkeypatch.setattr(reader, "read_plain_shard", lambda *a, **k: pytest.fail("the shard was walked again"))
+    assert reader.count_samples(task) == walked

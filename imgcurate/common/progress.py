@@ -40,11 +40,8 @@ def active_client():
         return None
 
 
-def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=None, alongside: Sequence[Any] = ()) -> list[Any]:
+def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=None) -> list[Any]:
     """Compute Dask collections/delayed objects; with ``progress``, show one bar over them.
-
-    ``alongside``: more tasks computed in the same run, whose results follow those of ``tasks``,
-    left out of the bar's count on a distributed client (the bar counts partitions).
 
     Runs on ``client``, else on the active distributed client, else on Dask's local scheduler.
     On a distributed client the bar counts finished tasks of ``tasks`` (local and remote
@@ -53,14 +50,13 @@ def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=N
     When it raises (a failed task, Ctrl-C), none of its tasks is still running: callers clean up
     what the tasks wrote without racing them.
     """
-    counted = len(tasks)
-    tasks = [*tasks, *alongside]
+    tasks = list(tasks)
     if not tasks:
         return []
     if client is None:
         client = active_client()
     if client is not None:
-        return _compute_on_client(client, tasks, counted, desc, progress)
+        return _compute_on_client(client, tasks, desc, progress)
     if progress:
         from tqdm.dask import TqdmCallback
 
@@ -79,13 +75,13 @@ def compute(tasks: Sequence[Any], *, desc: str, progress: bool = False, client=N
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _compute_on_client(client, tasks: list[Any], counted: int, desc: str, progress: bool) -> list[Any]:
+def _compute_on_client(client, tasks: list[Any], desc: str, progress: bool) -> list[Any]:
     from distributed import as_completed
 
     futures = client.compute(tasks)
     try:
-        with tqdm(total=counted, desc=desc, unit="part", disable=not progress) as bar:
-            for _ in as_completed(futures[:counted], loop=client.loop):
+        with tqdm(total=len(futures), desc=desc, unit="part", disable=not progress) as bar:
+            for _ in as_completed(futures, loop=client.loop):
                 bar.update()
         return client.gather(futures)
     except BaseException:

@@ -136,6 +136,7 @@ def read_partition_table(task: ShardTask, layout: Layout | None, columns: Sequen
         sidecar = read_sidecar(task, failures) if needs_sidecar else None
         table, layout = shard_table(samples, failures, task.url, with_images=task.with_images, sidecar=sidecar, layout=layout,
                                     skip=frozenset() if needs_json else frozenset({"json"}))
+        _remember_count(task, table, sidecar if needs_sidecar or task.sidecar is None else _UNREAD)
     if task.on_error != "report":
         apply_policy(failures_in(table), task.on_error)  # raises under "raise"
         table = table.filter(table.column(C.ERROR).is_null())
@@ -161,10 +162,57 @@ def _with_images(table: pa.Table, task: ShardTask, layout: Layout) -> pa.Table |
     return table.add_column(layout.arrow_schema().get_field_index(C.IMAGE), pa.field(C.IMAGE, pa.binary()), images)
 
 
+# What each shard held when this process read it, by (url, size, mtime): samples (a sample cut short
+# included) and the sidecar's keys without a member, by status (None when the read left the sidecar
+# unread). The writer's count of what was read comes from here when the read ran in this process.
+_READ_COUNTS: dict[tuple, dict[str, Any]] = {}
+_READ_COUNTS_KEPT = 100_000
+_UNREAD = object()
+
+
+def _file_identity(url: str, storage_options: dict | None) -> tuple | None:
+    fs, path = filesystem(url, storage_options)
+    if not is_local_fs(fs):
+        return None  # a remote stat is a request: remote shards are counted by their own pass
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (url, stat.st_size, stat.st_mtime_ns)
+
+
+def _sidecar_only(sidecar: pa.Table | None, keys: set[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if sidecar is not None:
+        statuses = sidecar.column("status").to_pylist() if "status" in sidecar.column_names else [None] * len(sidecar)
+        for key, status in zip(sidecar.column(C.KEY).to_pylist(), statuses):
+            if key not in keys:
+                counts[str(status)] = counts.get(str(status), 0) + 1
+    return counts
+
+
+def _remember_count(task: ShardTask, table: pa.Table, sidecar) -> None:
+    """Keep what the read of ``task`` found (before the failure policy drops anything)."""
+    identity = _file_identity(task.url, task.storage_options)
+    if identity is None:
+        return
+    errors = table.column(C.ERROR)
+    is_sample = pc.or_(pc.is_null(errors), pc.equal(pc.fill_null(errors, ""), "truncated_sample"))
+    keys = table.column(C.KEY).filter(is_sample)
+    if len(_READ_COUNTS) >= _READ_COUNTS_KEPT:
+        _READ_COUNTS.clear()
+    _READ_COUNTS[identity] = {"samples": len(keys),
+                              "sidecar_only": None if sidecar is _UNREAD else _sidecar_only(sidecar, set(keys.to_pylist()))}
+
+
 def count_samples(task: ShardTask) -> dict[str, Any]:
-    """What one shard holds, counted by a second pass over it that reads no image: ``samples`` (as the
-    reader finds them, a sample cut short included) and, when its sidecar lists keys the shard has
-    no member for (img2dataset's failed downloads), ``sidecar_only`` by their ``status``."""
+    """What one shard holds: ``samples`` (as the reader finds them, a sample cut short included) and,
+    when its sidecar lists keys the shard has no member for (img2dataset's failed downloads),
+    ``sidecar_only`` by their ``status``. Counted where the samples were read: what this process's
+    read of the shard found, else a pass over the shard that reads no member (the headers only)."""
+    known = _READ_COUNTS.get(_file_identity(task.url, task.storage_options) or ())
+    if known is not None and known["sidecar_only"] is not None:
+        return {"shard": task.url, **known}
     headers_only = replace(task, with_images=False)
     plain = read_plain_shard(headers_only, members=False)
     if plain is not None:
@@ -173,14 +221,7 @@ def count_samples(task: ShardTask) -> dict[str, Any]:
         found, failures = read_shard_samples(headers_only)
         samples = len(found) + sum(f.reason == "truncated_sample" for f in failures)
         keys = {s.key for s in found} | {f.key for f in failures if f.reason == "truncated_sample"}
-    sidecar = read_sidecar(task, [])
-    sidecar_only: dict[str, int] = {}
-    if sidecar is not None:
-        statuses = sidecar.column("status").to_pylist() if "status" in sidecar.column_names else [None] * len(sidecar)
-        for key, status in zip(sidecar.column(C.KEY).to_pylist(), statuses):
-            if key not in keys:
-                sidecar_only[str(status)] = sidecar_only.get(str(status), 0) + 1
-    return {"shard": task.url, "samples": samples, "sidecar_only": sidecar_only}
+    return {"shard": task.url, "samples": samples, "sidecar_only": _sidecar_only(read_sidecar(task, []), keys)}
 
 
 def failures_in(table: pa.Table) -> list[Failure]:

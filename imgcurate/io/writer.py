@@ -25,7 +25,7 @@ import dask
 from .._version import __version__
 from ..common.backend import backend_of
 from ..common.errors import OutputExistsError
-from ..common.progress import compute
+from ..common.progress import active_client, compute
 from . import manifest as describe
 from .assemble import assemble_shards
 from .outputdir import (
@@ -78,9 +78,13 @@ def _stage(df, options: WriteOptions, shard_tasks: list[ShardTask] | None, progr
     (when the frame was read by ``read_webdataset``) are counted in the same run, so that the
     manifest's ``read`` is counted where samples are read, not worked out from what was written."""
     tasks = [dask.delayed(stage_partition)(part, i, options) for i, part in enumerate(df.to_delayed())]
-    counts = [dask.delayed(count_samples)(task) for task in shard_tasks or ()]
-    done = compute(tasks, desc="staging", progress=progress, client=client, alongside=counts)
-    return done[: len(tasks)], (done[len(tasks):] if shard_tasks else None)
+    stats = compute(tasks, desc="staging", progress=progress, client=client)
+    if not shard_tasks:
+        return stats, None
+    # after the reads: a process that read a shard counts it from what it found, others by its headers
+    if client is None and active_client() is None:  # the reads ran in this process: no need to schedule tasks
+        return stats, [count_samples(task) for task in shard_tasks]
+    return stats, compute([dask.delayed(count_samples)(task) for task in shard_tasks], desc="counting", client=client)
 
 
 def refuse_inputs_inside_output(inputs: list[str], output_url: str) -> None:
