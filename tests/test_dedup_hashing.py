@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import imgcurate
-from imgcurate.dataframe.dedup import DEFAULT_MAX_DISTANCE
+from imgcurate.dataframe.duplicates import DEFAULT_MAX_DISTANCE
 from imgcurate.ops.hashing import DRAFT_SIDE, phash_image, phash_to_int64
 
 from conftest import build_photo_dataset, png_bytes, write_tar

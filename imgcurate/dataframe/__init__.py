@@ -14,12 +14,12 @@ import importlib
 _VERBS = {
     "where": "select", "mark_where": "select", "mark_dropped": "select", "ok_rows": "select",
     "filter_aesthetic": "select", "filter_nsfw": "select", "mark_below_threshold": "select",
-    "embed": "embed", "score_with": "embed", "score_aesthetic": "embed", "score_nsfw": "embed",
+    "embed": "embedding", "score_with": "embedding", "score_aesthetic": "embedding", "score_nsfw": "embedding",
     "validate_images": "validate",
     "embed_text": "captions", "clip_score": "captions", "clip_score_threshold": "captions", "filter_clip_score": "captions",
     "basic_filter": "captions", "check_uids": "captions", "select_uids": "captions", "save_uids": "captions",
     "uid_subset_misses": "captions",
-    "hash_images": "dedup", "mark_duplicates": "dedup", "dedup": "dedup",
+    "hash_images": "duplicates", "mark_duplicates": "duplicates", "dedup": "duplicates",
     "mark_similar": "similar",
 }
 

@@ -1,5 +1,5 @@
 """Deduplication's partition functions: pure pandas / numpy pieces the global steps in
-:mod:`imgcurate.dataframe.dedup` run on each partition or on each group after a shuffle.
+:mod:`imgcurate.dataframe.duplicates` run on each partition or on each group after a shuffle.
 
 The rule, the same for every method (and the one SemDeDup's reference code applies within a
 cluster): order the samples by ``keep``; a sample is a duplicate iff some sample earlier in that

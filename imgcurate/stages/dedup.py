@@ -42,7 +42,7 @@ class ImageDeduplicationStage(Stage):
                  on_error: str = "report", which_to_keep: str | None = None, random_state: int | None = None,
                  verbose: bool = False, name: str | None = None, **engine_options):
         accept_engine_options(self, engine_options, name)
-        from ..dataframe.dedup import DEFAULT_EPS, DEFAULT_MAX_DISTANCE, DEFAULT_MAX_ITER
+        from ..dataframe.duplicates import DEFAULT_EPS, DEFAULT_MAX_DISTANCE, DEFAULT_MAX_ITER
 
         if keep is not None and which_to_keep is not None and keep != which_to_keep:
             raise TypeError("give keep or which_to_keep (NeMo's name for it), not both")
@@ -98,7 +98,7 @@ class ImageDeduplicationStage(Stage):
         return self._embedder
 
     def validate(self, context: Context) -> None:
-        from ..dataframe.dedup import check_options
+        from ..dataframe.duplicates import check_options
 
         try:
             check_on_error(self.on_error)
@@ -121,7 +121,7 @@ class ImageDeduplicationStage(Stage):
 
     def apply(self, df, context: Context):
         from ..dataframe import embed, mark_dropped
-        from ..dataframe.dedup import dedup_summary, mark_duplicates
+        from ..dataframe.duplicates import dedup_summary, mark_duplicates
 
         if self.keep not in ("first", "random", "hard", "easy") and self.keep not in df.columns:
             raise PipelineError(f"{type(self).__name__}: keep={self.keep!r} is not a column at this point of the pipeline")

@@ -260,7 +260,7 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
         if n_clusters > rows:
             raise ValueError(f"n_clusters={n_clusters} is larger than the number of rows ({rows})")
         if C.EMBEDDING not in df.columns:
-            from .embed import embed
+            from .embedding import embed
 
             embedder.check_weights()
             df = embed(df, embedder, on_error=on_error, storage_options=storage_options)
