@@ -64,3 +64,23 @@ def test_console_script_help_for_every_command():
     for command in commands:
         result = subprocess.run([str(script), command, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: imgcurate " + command in result.stdout
+
+
+def test_every_command_that_writes_exits_1_when_no_input_shard_could_be_read(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("00000.tar", "00001.tar"):
+        (inputs / name).write_bytes(b"these bytes are not a tar archive " * 40)
+    commands = {
+        "reshard": ["reshard", str(inputs)],
+        "dedup": ["dedup", str(inputs), "--method", "exact"],
+        "curate": ["curate", str(inputs), "--model", "imgcurate-tiny-vit", "--pretrained", "random",
+                   "--aesthetic-weights", "random", "--nsfw-weights", "random"],
+    }
+    for name, argv in commands.items():
+        code = main([*argv, "-o", str(tmp_path / name), "--scheduler", "threads", "--no-progress"])
+        captured = capsys.readouterr()
+        assert code == 1, (name, captured.out, captured.err)
+        assert "no input shard could be read (2 rejected)" in captured.err, name
+        manifest = json.loads((tmp_path / name / "_manifest.json").read_text())
+        assert manifest["counts"]["rejected_shards_by_reason"] == {"not_a_tar": 2}, name

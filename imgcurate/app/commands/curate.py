@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dedup import add_dedup_options, dedup_stage, print_summaries
-from .options import add_scheduler, print_failures
+from .dedup import add_dedup_options, dedup_stage
+from .options import add_scheduler, run_pipeline
 
 # flag (argparse dest) → (stage class name, parameter), and its value when neither flag nor file gives one
 FLAG_TARGETS: dict[str, tuple[str, str]] = {
@@ -110,16 +110,7 @@ def pipeline_from_args(args):
 
 
 def run(args) -> int:
-    pipeline = pipeline_from_args(args)
-    result = pipeline.run(scheduler=args.scheduler)
-    if not pipeline.stages[-1].verbose:
-        print(result)
-    print_summaries(result.manifest)
-    print_failures(result.write)
-    for stage in pipeline.stages:
-        if getattr(stage, "saved", None) is not None:
-            print(f"wrote {stage.saved.uids} uids to {stage.saved.path}")
-    return 0
+    return run_pipeline(pipeline_from_args(args), args.scheduler)
 
 
 def register(sub) -> None:

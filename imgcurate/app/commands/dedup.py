@@ -7,7 +7,7 @@ with their ``duplicate_of``. :func:`add_dedup_options` also gives ``imgcurate cu
 
 from __future__ import annotations
 
-from .options import add_output, add_scheduler, print_failures
+from .options import add_output, add_scheduler, run_pipeline
 
 METHODS = ("exact", "phash", "semantic")
 
@@ -70,19 +70,8 @@ def pipeline_from_args(args):
     return Pipeline(name="dedup", stages=stages)
 
 
-def print_summaries(manifest: dict) -> None:
-    for summary in manifest.get("dedup", []):
-        print(f"{summary['stage']}: {summary['duplicates']} duplicates among {summary['considered']} samples considered")
-
-
 def run(args) -> int:
-    pipeline = pipeline_from_args(args)
-    result = pipeline.run(scheduler=args.scheduler)
-    if not pipeline.stages[-1].verbose:
-        print(result)
-    print_summaries(result.manifest)
-    print_failures(result.write)
-    return 0
+    return run_pipeline(pipeline_from_args(args), args.scheduler)
 
 
 def register(sub) -> None:

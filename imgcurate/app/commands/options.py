@@ -55,9 +55,11 @@ def check_before_work(args) -> list[str]:
     return shards
 
 
-def print_result(result) -> int:
-    """Print what a write did; the exit status: 1 when every input shard was rejected, else 0."""
-    print(result)
+def print_result(result, summary: bool = True) -> int:
+    """Print what a write did (``summary``: its one-line summary too); the exit status: 1 when
+    every input shard was rejected, else 0."""
+    if summary:
+        print(result)
     print_failures(result)
     counts = result.counts
     inputs = result.manifest.get("inputs", [])
@@ -65,6 +67,21 @@ def print_result(result) -> int:
         print(f"no input shard could be read ({counts['rejected_shards']} rejected)", file=sys.stderr)
         return 1
     return 0
+
+
+def run_pipeline(pipeline, scheduler: str | None) -> int:
+    """Run a command's pipeline and print what it did (the writer's summary unless its progress
+    already showed it, each dedup stage's count, uid files saved, failures); the exit status as
+    :func:`print_result` decides it."""
+    result = pipeline.run(scheduler=scheduler)
+    if not pipeline.stages[-1].verbose:
+        print(result)
+    for summary in result.manifest.get("dedup", []):
+        print(f"{summary['stage']}: {summary['duplicates']} duplicates among {summary['considered']} samples considered")
+    for stage in pipeline.stages:
+        if getattr(stage, "saved", None) is not None:
+            print(f"wrote {stage.saved.uids} uids to {stage.saved.path}")
+    return print_result(result.write, summary=False)
 
 
 def print_failures(result) -> None:
