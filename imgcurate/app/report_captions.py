@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ..common import columns as C
 from ..common.errors import CAPTION_REASONS
+from .charts import histogram_svg, score_histogram
 from .display import gallery_html, html_table, shard_files, tiles_from_table
 
 ALIGNMENT_STAGE = "ImageTextAlignmentFilterStage"
@@ -87,7 +88,6 @@ def _unscored(con, tables: dict[str, Any]) -> list[tuple[str, str, int]]:
 def captions_section(con, tables: dict[str, Any], manifest: dict[str, Any], directory: str, thumbnails: int,
                      storage_options: dict | None = None) -> str:
     """The HTML of the report's "Image–text pairs" section."""
-    from .report import histogram_svg, score_histogram
 
     setting = clip_score_setting(manifest)
     threshold = setting.get("threshold")

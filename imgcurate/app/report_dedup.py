@@ -14,6 +14,7 @@ import html
 from typing import Any
 
 from ..common import columns as C
+from .charts import histogram_svg
 from .display import Tile, gallery_html, html_table, thumbnail_uri
 
 # why the default max_distance is what it is (benchmarks/README.md, "Deduplication")
@@ -100,7 +101,6 @@ def bars_svg(counts: list[int], labels: list[str], title: str, x_label: str) -> 
 
 
 def _distance_chart(summary: dict[str, Any]) -> str:
-    from .report import histogram_svg
 
     method, parameters = summary["method"], summary.get("parameters", {})
     if method == "phash" and summary.get("distance_counts"):
