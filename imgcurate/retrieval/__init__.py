@@ -8,9 +8,10 @@ package is ``retrieval`` so that ``imgcurate.search`` can be the function.
 * :func:`open_index`: an index opened once for many searches;
 * :func:`write_matches`: the samples a search found, copied into a new WebDataset.
 
-The pieces: :mod:`.layout` (file names), :mod:`.vectors` (the ``.npy`` files, memory-mapped),
-:mod:`.export`, :mod:`.index`, :mod:`.query`. ``mark_similar`` (the dataframe side) is in
-:mod:`imgcurate.dataframe.similar`.
+The pieces: :mod:`.layout` (file names, and the files ``index.json`` lists), :mod:`.vectors` (the
+``.npy`` files, memory-mapped), :mod:`.ivf` (a faiss IVF index's lists), :mod:`.export`,
+:mod:`.index` (which opens what it built with :mod:`.query`), :mod:`.query`. ``mark_similar`` (the
+dataframe side) is in :mod:`imgcurate.dataframe.similar`.
 """
 
 from .export import ExportResult, export_embeddings

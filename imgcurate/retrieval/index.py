@@ -30,18 +30,16 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from .layout import EXPORT_JSON, IMG_EMB, INDEX_FILE, INDEX_JSON, IVF_CAPS_FILE, METADATA
+from .ivf import faiss_centroids, list_members
+from .layout import EXPORT_JSON, IMG_EMB, INDEX_FILE, INDEX_FORMAT, INDEX_JSON, IVF_CAPS_FILE, METADATA
+from .query import SearchIndex, open_index
 from .vectors import NpyFile, VectorStore, list_npy_files
-
-if TYPE_CHECKING:
-    from .query import SearchIndex
 
 log = logging.getLogger("imgcurate")
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
@@ -54,9 +52,7 @@ PQ_DIMS_PER_CODE = (8, 12, 16, 24, 32, 48, 64)  # dimensions per code byte, trie
 DEFAULT_NPROBE_FRACTION = 1 / 32  # lists probed per query (see benchmarks/README.md for recall at this setting)
 MIN_NPROBE = 8
 DEFAULT_RERANK = 10  # candidates re-ranked exactly, per result asked for
-MIN_CANDIDATES = 100
 HNSW_EF_SEARCH = 128
-FORMAT = "imgcurate-index-v1"
 
 
 def parse_memory(value: str | int) -> int:
@@ -126,19 +122,6 @@ def _fill(index, store: VectorStore, progress: bool) -> None:
             bar.update(len(chunk))
 
 
-def list_members(index) -> np.ndarray:
-    """For each vector id, the inverted list that holds it."""
-    import faiss
-
-    invlists = faiss.extract_index_ivf(index).invlists
-    owner = np.full(index.ntotal, -1, dtype=np.int64)
-    for number in range(invlists.nlist):
-        size = invlists.list_size(number)
-        if size:
-            owner[faiss.rev_swig_ptr(invlists.get_ids(number), size)] = number
-    return owner
-
-
 def ivf_caps(index, store: VectorStore) -> np.ndarray:
     """Per list, from a second pass over the vectors: the cosine of the widest angle between a member and
     the centroid's direction, the largest member norm, and the largest error of a member's code (the
@@ -163,13 +146,6 @@ def ivf_caps(index, store: VectorStore) -> np.ndarray:
         decoded = ivf.pq.decode(ivf.pq.compute_codes(residuals))
         np.maximum.at(caps[:, 2], lists, np.linalg.norm((residuals - decoded).astype(np.float64), axis=1))
     return caps
-
-
-def faiss_centroids(index) -> np.ndarray:
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    return ivf.quantizer.reconstruct_n(0, ivf.nlist).astype(np.float64)
 
 
 def _build(kind: str, params: dict[str, Any], store: VectorStore, progress: bool):
@@ -221,7 +197,7 @@ def _export_info(embeddings_dir: str) -> dict[str, Any]:
 
 def build_index(embeddings_dir: str, *, kind: str = "auto", output_dir: str | None = None, model_id: str | None = None,
                 max_index_memory: str | int = DEFAULT_MAX_INDEX_MEMORY, params: dict[str, Any] | None = None,
-                progress: bool = False) -> "SearchIndex":
+                progress: bool = False) -> SearchIndex:
     """Build a faiss index over ``embeddings_dir/img_emb`` (clip-retrieval's layout) and save it in
     ``output_dir`` (default: ``embeddings_dir``); returns it opened for :func:`imgcurate.search`.
 
@@ -259,7 +235,7 @@ def build_index(embeddings_dir: str, *, kind: str = "auto", output_dir: str | No
         np.save(os.path.join(output_dir, IVF_CAPS_FILE), ivf_caps(index, store))
     faiss.write_index(index, os.path.join(output_dir, INDEX_FILE))
     document = {
-        "format": FORMAT, "imgcurate_version": __version__,
+        "format": INDEX_FORMAT, "imgcurate_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": kind, "faiss_index": INDEX_FILE, "faiss_description": describe(kind, params), "metric": "inner_product",
         "model_id": model_id or recorded, "dim": store.dim, "count": store.count, "params": params,
@@ -270,8 +246,6 @@ def build_index(embeddings_dir: str, *, kind: str = "auto", output_dir: str | No
     }
     with open(os.path.join(output_dir, INDEX_JSON), "w") as f:
         json.dump(document, f, indent=1)
-    from .query import open_index
-
     return open_index(output_dir)
 
 
@@ -282,22 +256,3 @@ def describe(kind: str, params: dict[str, Any]) -> str:
     if kind == "hnsw":
         return f"HNSW{params['M']},Flat"
     return f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}"
-
-
-@dataclass(frozen=True)
-class IndexFiles:
-    """Where an index's vectors and metadata are, as ``index.json`` lists them (absolute paths)."""
-
-    embeddings: list[str]
-    metadata: list[str | None]
-    counts: list[int]
-
-    @classmethod
-    def from_document(cls, document: dict[str, Any], directory: str) -> "IndexFiles":
-        def absolute(path):
-            return None if path is None else os.path.join(directory, path)
-
-        files = document["files"]
-        return cls([absolute(f["embeddings"]) for f in files], [absolute(f["metadata"]) for f in files],
-                   [int(f["count"]) for f in files])
-

@@ -11,6 +11,9 @@ of it in ``index.json``.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from typing import Any
 
 IMG_EMB = "img_emb"
 TEXT_EMB = "text_emb"
@@ -18,6 +21,7 @@ METADATA = "metadata"
 EXPORT_JSON = "embeddings.json"  # what export_embeddings wrote: model, width, type, files and counts
 INDEX_FILE = "image.index"  # the faiss index (faiss.write_index)
 INDEX_JSON = "index.json"  # what build_index built: kind, parameters, model, where the vectors and metadata are
+INDEX_FORMAT = "imgcurate-index-v1"  # index.json's "format"
 IVF_CAPS_FILE = "ivf_caps.npy"  # per inverted list, the cone around its centroid that holds every member
 
 EXPORT_NAMES = (IMG_EMB, TEXT_EMB, METADATA, EXPORT_JSON, INDEX_FILE, INDEX_JSON, IVF_CAPS_FILE)
@@ -33,3 +37,21 @@ def file_names(number: int, width: int) -> dict[str, str]:
     text = str(number).zfill(width)
     return {IMG_EMB: f"{IMG_EMB}/img_emb_{text}.npy", TEXT_EMB: f"{TEXT_EMB}/text_emb_{text}.npy",
             METADATA: f"{METADATA}/metadata_{text}.parquet"}
+
+
+@dataclass(frozen=True)
+class IndexFiles:
+    """Where an index's vectors and metadata are, as ``index.json`` lists them (absolute paths)."""
+
+    embeddings: list[str]
+    metadata: list[str | None]
+    counts: list[int]
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any], directory: str) -> "IndexFiles":
+        def absolute(path):
+            return None if path is None else os.path.join(directory, path)
+
+        files = document["files"]
+        return cls([absolute(f["embeddings"]) for f in files], [absolute(f["metadata"]) for f in files],
+                   [int(f["count"]) for f in files])

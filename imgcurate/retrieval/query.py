@@ -38,11 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..common import columns as C
-from .index import FORMAT, IndexFiles, MIN_CANDIDATES
-from .layout import INDEX_FILE, INDEX_JSON, IVF_CAPS_FILE
+from .ivf import faiss_centroids, list_members
+from .layout import INDEX_FILE, INDEX_FORMAT, INDEX_JSON, IVF_CAPS_FILE, IndexFiles
 from .vectors import NpyFile, VectorStore, best_first, exact_scan, read_npy_header, similarities
 
 DEFAULT_K = 100
+MIN_CANDIDATES = 100  # an approximate index is asked for at least this many candidates, re-ranked exactly
 SCAN_FRACTION = 0.5  # a range query that would re-rank more than this share of the vectors scans them all instead
 RANGE_SLACK = 1e-4  # faiss's and the cone bound's rounding: candidates are taken this far below the threshold
 ANGLE_SLACK = 1e-3  # radians
@@ -63,7 +64,7 @@ class SearchIndex:
                                     f"or `imgcurate index`")
         with open(path) as f:
             self.document: dict[str, Any] = json.load(f)
-        if self.document.get("format") != FORMAT:
+        if self.document.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path} is not an imgcurate index description (format {self.document.get('format')!r})")
         self.kind: str = self.document["kind"]
         self.model_id: str | None = self.document.get("model_id")
@@ -86,8 +87,6 @@ class SearchIndex:
                              f"{self.count} {self.dim}-d; rebuild the index")
         self._parquet: dict[int, pq.ParquetFile] = {}
         if self.kind == "ivfpq":
-            from .index import faiss_centroids, list_members
-
             centroids = faiss_centroids(self.faiss)
             self.directions = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-30)
             self.centroids32 = centroids.astype(np.float32)
