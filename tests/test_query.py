@@ -126,3 +126,23 @@ def test_export_where_on_scores_reshards_exactly(photo_dataset, tmp_path):
         with tarfile.open(shard) as tar:
             counts.append(sum(1 for m in tar.getmembers() if m.name.endswith(".jpg") or m.name.endswith(".png")))
     assert counts[:-1] == [4] * (len(counts) - 1) and sum(counts) == len(kept)
+
+
+def test_an_output_that_kept_nothing_still_answers(photo_dataset, tmp_path):
+    directory, samples = photo_dataset
+    nothing = tmp_path / "nothing"
+    assert main(["export", str(directory), "--output", str(nothing), "--where", "width < 0", "--scheduler", "threads",
+                 "--no-progress"]) == 0
+    assert not list(nothing.glob("*.tar"))
+    assert imgcurate.sql("SELECT count(*) AS n FROM samples", nothing).n[0] == 0
+
+    df = imgcurate.read_webdataset(str(directory))
+    everything_dropped = imgcurate.mark_where(df, "width < 0", stage="too_small")
+    dropped = tmp_path / "dropped"
+    imgcurate.write_webdataset(everything_dropped, str(dropped), keep_dropped=True)
+    empty = imgcurate.sql("SELECT * FROM samples", dropped)
+    assert len(empty) == 0 and "width" in empty.columns and "dropped_by" not in empty.columns
+    by_stage = imgcurate.sql("SELECT dropped_by, count(*) AS n FROM dropped GROUP BY ALL", dropped)
+    assert by_stage.to_dict("records") == [{"dropped_by": "too_small", "n": len(samples)}]
+    assert main(["query", str(dropped), "SELECT count(*) AS n FROM samples", "--format", "json"]) == 0
+    assert main(["report", str(dropped), "--output", str(tmp_path / "report.html")]) == 0

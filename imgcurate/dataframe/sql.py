@@ -30,6 +30,17 @@ def _parquet_dataset(files: list[str], storage_options: dict | None) -> pads.Dat
     return pads.dataset(paths, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)))
 
 
+def _no_samples(dropped_schema: pa.Schema | None) -> pa.Table:
+    """The ``samples`` table of an output that kept nothing: the columns its dropped rows have
+    (when it wrote them), else ``key`` alone."""
+    from ..common import columns as C
+
+    if dropped_schema is None:
+        return pa.table({C.KEY: pa.array([], pa.string())})
+    kept = [field for field in dropped_schema if field.name != C.DROPPED_BY]
+    return pa.schema(kept).empty_table()
+
+
 def _frame_stream(df) -> pa.RecordBatchReader:
     """A Dask DataFrame's metadata as an Arrow stream: one partition in memory at a time."""
     from ..common.backend import backend_of
@@ -71,8 +82,8 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
         written_by_imgcurate = any(p.rstrip("/").endswith("/" + MANIFEST_FILE) for p in names)
         has_tars = any(is_shard_name(p) for p in names)
         # an input dataset's NNNNN.parquet are sidecars: partial metadata, joined by the reader
-        if shards and (written_by_imgcurate or not has_tars):
-            tables = {"samples": _parquet_dataset(shards, storage_options)}
+        if written_by_imgcurate or (shards and not has_tars):
+            tables = {}
             failures = [full_url(fs, p) for directory in (FAILURES_DIR, OLD_FAILURES_DIR)
                         for p in fs.glob(f"{root}/{directory}/*.parquet")]
             if failures:
@@ -80,6 +91,9 @@ def dataset_tables(dataset, storage_options: dict | None = None) -> dict[str, An
             dropped = shard_parquet_files(fs, f"{root}/{DROPPED_DIR}") if fs.isdir(f"{root}/{DROPPED_DIR}") else []
             if dropped:
                 tables["dropped"] = _parquet_dataset(dropped, storage_options)
+            # a run that kept nothing still answers: no samples, and its dropped rows and failures
+            tables["samples"] = (_parquet_dataset(shards, storage_options) if shards
+                                 else _no_samples(tables["dropped"].schema if dropped else None))
             return tables
     return {"samples": _frame_stream(read_webdataset(os.fspath(dataset), with_images=False, storage_options=storage_options))}
 
