@@ -146,3 +146,5 @@ def test_an_output_that_kept_nothing_still_answers(photo_dataset, tmp_path):
     assert by_stage.to_dict("records") == [{"dropped_by": "too_small", "n": len(samples)}]
     assert main(["query", str(dropped), "SELECT count(*) AS n FROM samples", "--format", "json"]) == 0
     assert main(["report", str(dropped), "--output", str(tmp_path / "report.html")]) == 0
+    with pytest.raises(QueryError, match="kept no samples and wrote no dropped rows"):
+        imgcurate.sql("SELECT caption FROM samples", nothing)

@@ -104,10 +104,15 @@ def sql(query: str, dataset, *, storage_options: dict | None = None):
     >>> imgcurate.sql("SELECT caption, aesthetic_score FROM samples ORDER BY aesthetic_score DESC LIMIT 10", "out/")
     """
     check_read_only(query)
-    con = locked_connection(dataset_tables(dataset, storage_options))
+    tables = dataset_tables(dataset, storage_options)
+    con = locked_connection(tables)
     try:
         return con.sql(query).df()
     except duckdb.Error as exc:
-        raise QueryError(f"query failed: {exc}") from exc
+        samples = tables["samples"]
+        hint = ("; the output kept no samples and wrote no dropped rows, so its `samples` table has only `key` "
+                "(its _manifest.json counts what was dropped and why)"
+                if isinstance(samples, pa.Table) and samples.num_rows == 0 and samples.schema.names == ["key"] else "")
+        raise QueryError(f"query failed: {exc}{hint}") from exc
     finally:
         con.close()
