@@ -145,3 +145,39 @@ def test_export_save_uids_writes_the_uids_of_the_written_samples(tmp_path, pairs
     assert len(written) > 0 and (written[C.ORIGINAL_WIDTH] > 500).all()
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["failed_by_reason"] == {"bad_uid": 1, "no_uid": 1}  # reported; the run went on
+
+
+def test_the_readmes_datacomp_recipe_runs_as_written_on_the_sample_data(tmp_path, monkeypatch):
+    """The README's Python block of the recipe, taken from README.md, on the sample data (which has
+    DataComp-style uids), with the tiny model's random weights in place of OpenAI's; then the
+    subset command on the file it saved."""
+    import re
+    from pathlib import Path
+
+    from imgcurate.app.cli import main
+    from imgcurate.app.sample_data import make_sample_dataset
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("The DataComp recipe end to end"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    trained = 'CLIPModel("ViT-L-14", pretrained="openai")'
+    assert trained in code and '"pool/"' in code and '"clip_l14_top30.npy"' in code
+    monkeypatch.chdir(tmp_path)
+    make_sample_dataset("pool")
+    exec(compile(code.replace(trained, 'CLIPModel("imgcurate-tiny-vit", pretrained="random", device="cpu")'),
+                 "README.md (DataComp recipe)", "exec"), {})
+
+    scores = imgcurate.read_webdataset("pool").pipe(imgcurate.clip_score, imgcurate.models.CLIPModel(
+        "imgcurate-tiny-vit", pretrained="random", device="cpu")).compute()
+    threshold = np.sort(scores[C.CLIP_SCORE].to_numpy())[::-1][int(len(scores) * 0.3)]  # DataComp's get_threshold
+    expected = sorted(scores.loc[scores[C.CLIP_SCORE] >= threshold, C.UID])
+    assert len(expected) == 15  # 30 % of the 48 samples, no ties
+    assert Path("clip_l14_top30.npy").read_bytes() == datacomp_subset_bytes(expected)
+    curated = imgcurate.sql("SELECT uid FROM samples ORDER BY uid", "curated").uid.tolist()
+    assert curated == expected
+    manifest = json.loads(Path("curated/_manifest.json").read_text())
+    assert manifest["clip_score"]["threshold"] == pytest.approx(float(threshold))
+
+    assert main(["subset", "pool", "--uids", "clip_l14_top30.npy", "--output", "subset", "--scheduler", "threads",
+                 "--no-progress"]) == 0
+    assert imgcurate.sql("SELECT uid FROM samples ORDER BY uid", "subset").uid.tolist() == expected

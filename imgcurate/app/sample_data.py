@@ -3,7 +3,8 @@
 Images are drawn procedurally (gradients, shapes, stripes, noise) at varied sizes and aspect
 ratios, stored as JPEG, each with a caption and a ``.json`` of metadata, and an img2dataset-style
 sidecar Parquet per shard that also lists two failed downloads (no member in the tar), as
-img2dataset writes them.
+img2dataset writes them. Every row has a ``uid`` of 32 hexadecimal digits, as DataComp's pool
+does, so the uid subset tools can be tried on it.
 
 Every sample has the same members (``jpg``, ``txt``, ``json``) and every image decodes, so other
 readers take the shards as they are: Hugging Face ``datasets`` refuses shards whose samples differ
@@ -97,21 +98,27 @@ def write_sample_shard(output_dir: str, shard: int, samples_per_shard: int, seed
             if damaged and number == 7:  # a download cut short: the decoder must report it, not crash
                 data = data[: len(data) // 3]
             caption = f"a {colour_name} {pattern} pattern"
-            meta = {"url": f"https://example.invalid/{key}.jpg", "width": size[0], "height": size[1],
-                    "pattern": pattern, "tags": [colour_name, pattern]}
+            meta = {"uid": sample_uid(key), "url": f"https://example.invalid/{key}.jpg", "width": size[0],
+                    "height": size[1], "pattern": pattern, "tags": [colour_name, pattern]}
             for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", caption.encode()),
                                   (f"{key}.json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(payload), 0, 0o644
                 tar.addfile(info, io.BytesIO(payload))
-            rows.append({"key": key, "url": meta["url"], "caption": caption, "status": "success", "error_message": None,
+            rows.append({"key": key, "uid": meta["uid"], "url": meta["url"], "caption": caption, "status": "success", "error_message": None,
                          "width": size[0], "height": size[1], "sha256": _sha256(data)})
     for gone in range(2):  # what img2dataset lists for downloads that failed: a row, no member
         key = f"{shard:04d}9999{gone}"
-        rows.append({"key": key, "url": f"https://example.invalid/{key}.jpg", "caption": None, "status": "failed_to_download",
+        rows.append({"key": key, "uid": sample_uid(key), "url": f"https://example.invalid/{key}.jpg", "caption": None, "status": "failed_to_download",
                      "error_message": "HTTP Error 404: Not Found", "width": None, "height": None, "sha256": None})
     pq.write_table(pa.Table.from_pylist(rows), os.path.join(output_dir, f"{shard:05d}.parquet"))
     return tar_path
+
+
+def sample_uid(key: str) -> str:
+    """A DataComp-style uid (32 hexadecimal digits) drawn from the key alone, so that the images'
+    random stream is the same with or without it."""
+    return _sha256(f"imgcurate sample {key}".encode())[:32]
 
 
 def _sha256(data: bytes) -> str:
