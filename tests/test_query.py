@@ -148,3 +148,18 @@ def test_an_output_that_kept_nothing_still_answers(photo_dataset, tmp_path):
     assert main(["report", str(dropped), "--output", str(tmp_path / "report.html")]) == 0
     with pytest.raises(QueryError, match="kept no samples and wrote no dropped rows"):
         imgcurate.sql("SELECT caption FROM samples", nothing)
+
+
+def test_sql_errors_are_one_line_and_quote_what_the_user_wrote(photo_dataset, tmp_path, capsys):
+    directory, _ = photo_dataset
+    cases = [
+        (["export", str(directory), "-o", str(tmp_path / "e1"), "--where", "DROP TABLE x"],
+         "predicate 'DROP TABLE x' is not one SQL boolean expression"),
+        (["export", str(directory), "-o", str(tmp_path / "e2"), "--where", "width >>> 3"], 'Did you mean ">>"?'),
+        (["query", str(directory), "SELECT nope FROM samples"], "Candidate bindings"),
+    ]
+    for argv, expected in cases:
+        assert main([*argv, "--scheduler", "threads"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+        assert "coalesce" not in err  # never imgcurate's own wrapper around a predicate

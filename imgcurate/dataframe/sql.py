@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from ..ops.sql import QueryError, check_read_only, locked_connection, metadata_table
+from ..ops.sql import QueryError, check_read_only, duckdb_message, locked_connection, metadata_table
 
 
 def _parquet_dataset(files: list[str], storage_options: dict | None) -> pads.Dataset:
@@ -113,6 +113,6 @@ def sql(query: str, dataset, *, storage_options: dict | None = None):
         hint = ("; the output kept no samples and wrote no dropped rows, so its `samples` table has only `key` "
                 "(its _manifest.json counts what was dropped and why)"
                 if isinstance(samples, pa.Table) and samples.num_rows == 0 and samples.schema.names == ["key"] else "")
-        raise QueryError(f"query failed: {exc}{hint}") from exc
+        raise QueryError(f"query failed: {duckdb_message(exc)}{hint}") from exc
     finally:
         con.close()

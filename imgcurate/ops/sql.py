@@ -23,12 +23,20 @@ class QueryError(ImgcurateError, ValueError):
     """A query or predicate that imgcurate refuses to run, or that DuckDB could not run."""
 
 
+def duckdb_message(exc: duckdb.Error) -> str:
+    """DuckDB's message on one line: its hints kept ("Did you mean", candidate columns), the
+    ``LINE n:`` excerpt and caret dropped (they quote the statement DuckDB ran, which for a
+    predicate is imgcurate's wrapper, not what the user typed)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"})
+
+
 def check_read_only(query: str) -> None:
     """Accept exactly one SELECT statement; raise :class:`QueryError` otherwise."""
     try:
         statements = duckdb.extract_statements(query)
     except duckdb.Error as exc:
-        raise QueryError(f"SQL does not parse: {exc}") from exc
+        raise QueryError(f"SQL does not parse: {duckdb_message(exc)}") from exc
     if len(statements) != 1:
         raise QueryError(f"exactly one SQL statement is allowed, got {len(statements)}")
     if statements[0].type != duckdb.StatementType.SELECT:
@@ -67,13 +75,16 @@ def _partition_connection() -> duckdb.DuckDBPyConnection:
 def where_mask(table: pa.Table, predicate: str) -> pa.Array:
     """Boolean mask of the rows of ``table`` for which the SQL ``predicate`` holds (NULL → false)."""
     query = f"SELECT coalesce(({predicate}), false) AS keep FROM samples"
-    check_read_only(query)
+    try:
+        check_read_only(query)
+    except QueryError as exc:
+        raise QueryError(f"predicate {predicate!r} is not one SQL boolean expression: {exc}") from None
     con = _partition_connection()
     con.register("samples", metadata_table(table))
     try:
         result = con.sql(query).to_arrow_table()
     except duckdb.Error as exc:
-        raise QueryError(f"cannot evaluate predicate {predicate!r}: {exc}") from exc
+        raise QueryError(f"cannot evaluate predicate {predicate!r}: {duckdb_message(exc)}") from exc
     finally:
         con.unregister("samples")
     return result.column("keep").combine_chunks()
