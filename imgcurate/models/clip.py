@@ -137,15 +137,28 @@ def weights_help(model_name: str, pretrained: str, cache_dir: str | None = None)
             f"--pretrained /path/to/weights.pt (pretrained='/path/to/weights.pt').")
 
 
+class _WithoutRandomInitNotice(logging.Filter):
+    """open_clip's root-logger line for a model built without weights: imgcurate says it already,
+    once per model, in its own words (RANDOM weights)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 @lru_cache(maxsize=4)
 def _load_model(resolved: ResolvedModel, device: str, cache_dir: str | None = None) -> torch.nn.Module:
     """Build the model once per process and device: both towers, in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random weights (pretrained=None) must be the same model in every worker process
-        model = open_clip.create_model(
-            resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu, device="cpu",
-            cache_dir=cache_dir,
-        )
+    notice = _WithoutRandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights (pretrained=None) must be the same model in every worker process
+            model = open_clip.create_model(
+                resolved.config_name, pretrained=resolved.pretrained, force_quick_gelu=resolved.force_quick_gelu,
+                device="cpu", cache_dir=cache_dir,
+            )
+    finally:
+        logging.getLogger().removeFilter(notice)
     # weights stay float32; lower precision comes from autocast, which keeps norms and softmax in float32
     return model.to(device=device).eval()
 
