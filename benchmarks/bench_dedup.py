@@ -11,6 +11,8 @@
   near-copies) against faiss alone doing the same work: spherical k-means with the same
   clusters, iterations, seed and training-set size, assignment of every vector to its centroid,
   then within each cluster an exact inner-product search of the cluster against itself.
+* What cutting clusters larger than ``max_cluster_rows`` into chunks costs, against the same call
+  with every cluster whole (the marks must be equal).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DIM = 768
 ROWS_PER_CLUSTER = 1000
 KMEANS_ITER = 10
 EPS = 0.01
+CUT_CLUSTERS = 4  # the cut measure: ~25,000 rows a cluster...
+CUT_ROWS = 5_000  # ... cut into chunks of at most ~5,000
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,6 +281,47 @@ def measure_semantic(config: Config) -> tuple[Measure, dict]:
                      "duplicates_faiss": found["peer"], "semantic_repeats": repeats}
 
 
+def measure_semantic_cut(config: Config) -> tuple[Measure, dict]:
+    """What cutting large clusters costs: the first two Parquet parts of the semantic data in 4
+    clusters, marked whole (one task per cluster) and cut into chunks of ``CUT_ROWS`` rows compared
+    pair by pair; the marks must be equal."""
+    import dask
+    import dask.dataframe as dd
+
+    import imgcurate
+
+    count = config.samples * EMBEDDINGS_PER_SAMPLE
+    directory = config.data / f"embeddings-{count}"
+    embedding_data(directory, count)
+    data = [str(path) for path in sorted(directory.glob("part-*.parquet"))[:2]]
+    repeats = min(config.repeats, 2)
+    marks: dict = {}
+
+    def mark(max_cluster_rows: int, side: str) -> float:
+        def run():
+            with dask.config.set(scheduler="threads"):
+                frame = imgcurate.mark_duplicates(dd.read_parquet(data, dtype_backend="pyarrow"), "semantic",
+                                                  n_clusters=CUT_CLUSTERS, eps=EPS, max_iter=KMEANS_ITER, seed=1,
+                                                  max_cluster_rows=max_cluster_rows)
+                marks[side] = frame[["is_duplicate", "duplicate_of", "cluster", "max_similarity"]].compute()
+        return timed(run)
+
+    ours_runs, peer_runs = interleave(repeats, lambda: mark(CUT_ROWS, "cut"), lambda: mark(10 ** 9, "whole"))
+    cut, whole = marks["cut"], marks["whole"]
+    rows = len(whole)
+    same = bool((cut["is_duplicate"].to_numpy() == whole["is_duplicate"].to_numpy()).all()
+                and cut["duplicate_of"].astype(str).equals(whole["duplicate_of"].astype(str))
+                and (cut["max_similarity"].to_numpy() == whole["max_similarity"].to_numpy()).all())
+    sizes = whole["cluster"].value_counts().sort_index().tolist()
+    measure = compare("semantic dedup, clusters cut into chunks / whole clusters", "s", ours_runs, peer_runs,
+                      "the same call with every cluster in one task", "report",
+                      note=f"{rows:,} x {DIM} embeddings in {CUT_CLUSTERS} clusters of {sizes} rows, chunks of at most "
+                           f"~{CUT_ROWS:,} rows; the same marks: {same}")
+    if not same:
+        raise AssertionError("cutting clusters into chunks changed the semantic marks")
+    return measure, {"cut_rows": rows, "cut_cluster_sizes": sizes, "cut_max_cluster_rows": CUT_ROWS, "cut_same_marks": same}
+
+
 def _jpeg(image, quality: int = 90) -> bytes:
     out = io.BytesIO()
     image.convert("RGB").save(out, format="JPEG", quality=quality)
@@ -362,9 +407,10 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
     measures = [measure_hashing(config, dataset)]
     search, search_parameters = measure_search(config)
     semantic, semantic_parameters = measure_semantic(config)
-    measures += [search, semantic]
+    cut, cut_parameters = measure_semantic_cut(config)
+    measures += [search, semantic, cut]
     parameters = {"repeats": config.repeats, "samples": dataset.samples, "cpus": os.cpu_count(), **search_parameters,
-                  **semantic_parameters, "scheduler": "threads", "phash_threshold": threshold}
+                  **semantic_parameters, **cut_parameters, "scheduler": "threads", "phash_threshold": threshold}
     return measures, parameters
 
 

@@ -30,7 +30,8 @@ EXPECTED = {
     "models": ["decode + preprocess to 224 px", "curate end to end"],
     "scaling": ["2 workers / 1 worker, one core each", "2 workers / 1 worker, unpinned"],
     "captions": ["text encoding", "clip_score on a frame with embeddings", "filter_clip_score(top_fraction"],
-    "dedup": ["hash_images (pHash) / imagehash.phash", "near-duplicate search", "semantic dedup"],
+    "dedup": ["hash_images (pHash) / imagehash.phash", "near-duplicate search", "semantic dedup",
+              "clusters cut into chunks"],
     "search": ["recall@10 vs exact", "recall@10, ours / autofaiss", "single-query latency p50", "single-query latency p99",
                "queries/s in batches", "index build time", "index build peak RSS", "recall@10 vs exact", "export embeddings, float16", "export embeddings, float32"],
 }

@@ -175,11 +175,13 @@ def test_curate_takes_a_dedup_step(dataset, tmp_path):
     assert "copy_a" not in output_keys(out)
 
 
-def test_a_bad_stage_fails_before_any_work(dataset, tmp_path):
+@pytest.mark.parametrize("options, parameter", [({"max_distance": 40}, "max_distance"),
+                                                ({"max_cluster_rows": 0}, "max_cluster_rows")])
+def test_a_bad_stage_fails_before_any_work(dataset, tmp_path, options, parameter):
     from imgcurate.common.errors import PipelineError
 
-    with pytest.raises(PipelineError, match="max_distance"):
+    with pytest.raises(PipelineError, match=parameter):
         Pipeline(stages=[FilePartitioningStage(str(dataset)), ImageReaderStage(),
-                         ImageDeduplicationStage(method="phash", max_distance=40),
+                         ImageDeduplicationStage(method="phash", **options),
                          ImageWriterStage(str(tmp_path / "out"))]).run(scheduler="threads")
     assert not (tmp_path / "out").exists()

@@ -72,15 +72,21 @@ def named(result: pd.DataFrame) -> np.ndarray:
                      for v in result.duplicate_of.tolist()])
 
 
-@pytest.mark.parametrize("keep", ["first", "hard", "easy", "random", "score"])
-def test_semantic_equals_semdedup_given_the_same_clusters(vectors, keep):
+@pytest.mark.parametrize("keep, max_cluster_rows", [("first", 100_000), ("hard", 100_000), ("easy", 100_000),
+                                                    ("random", 100_000), ("score", 100_000),
+                                                    ("first", 60), ("hard", 97), ("score", 150)])
+def test_semantic_equals_semdedup_given_the_same_clusters(vectors, keep, max_cluster_rows):
+    """Whole clusters (~330 rows each), and clusters split into chunks of at most 60, 97 or 150 rows
+    compared pair by pair: the same answer as SemDeDup's whole similarity matrix."""
     x, nulls = vectors
     scores = np.random.default_rng(1).normal(size=N)
     eps = 0.02
     results = [imgcurate.mark_duplicates(frame(x, nulls, p, scores), "semantic", n_clusters=K, eps=eps, keep=keep,
-                                         ascending=False, max_iter=10, seed=3).compute(scheduler="threads")
+                                         ascending=False, max_iter=10, seed=3, max_cluster_rows=max_cluster_rows
+                                         ).compute(scheduler="threads")
                for p in (1, 4)]
-    pd.testing.assert_frame_equal(results[0].reset_index(drop=True), results[1].reset_index(drop=True))
+    compare = pd.testing.assert_frame_equal if max_cluster_rows > N else _equal_up_to_rounding
+    compare(results[0].reset_index(drop=True), results[1].reset_index(drop=True))
     result = results[0]
     clusters = result.cluster.fillna(-1).astype(int).to_numpy()
     assert (clusters[nulls] == -1).all() and (clusters[~nulls] >= 0).all()
@@ -107,6 +113,46 @@ def test_semantic_equals_semdedup_given_the_same_clusters(vectors, keep):
     assert np.isnan(similarity[nulls]).all()
     clear = np.abs(m - (1 - eps)) > 1e-4  # away from the threshold, float rounding cannot flip a decision
     assert (named(result)[clear & duplicate] == of[clear & duplicate]).all()
+
+
+def _equal_up_to_rounding(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Split clusters are chunked by row number, so other partitionings pair rows in other products:
+    the same decisions, similarities equal to float32 rounding."""
+    pd.testing.assert_frame_equal(a.drop(columns=["max_similarity"]), b.drop(columns=["max_similarity"]))
+    np.testing.assert_allclose(a.max_similarity.to_numpy(dtype=float, na_value=np.nan),
+                               b.max_similarity.to_numpy(dtype=float, na_value=np.nan), atol=1e-6)
+
+
+def test_a_split_cluster_meets_every_pair_of_its_rows_once():
+    """The chunk pairs of a cluster of 10 rows split into 3 chunks: each two rows are compared in
+    exactly one pair (a pair of two chunks compares rows across them; a chunk with itself, within)."""
+    clustered = pd.DataFrame({D.ROW: np.arange(10, dtype=np.int64), D.ORDER: np.zeros(10), D.VECTOR: [b""] * 10,
+                              D.CLUSTER: np.zeros(10, np.int32)})
+    records = D.pair_records(clustered, np.array([3]))
+    assert records[D.PARTIAL].all() and len(records) == 30
+    met = {}
+    for _, group in records.groupby(D.PAIR):
+        chunk = dict(zip(group[D.ROW], group[D.CHUNK]))
+        assert len(set(chunk.values())) <= 2
+        across = len(set(chunk.values())) == 2
+        for i in chunk:
+            for j in chunk:
+                if i < j and (chunk[i] != chunk[j] or not across):
+                    met[i, j] = met.get((i, j), 0) + 1
+    assert met == {(i, j): 1 for i in range(10) for j in range(i + 1, 10)}
+    assert not D.pair_records(clustered, np.array([1]))[D.PARTIAL].any()
+
+
+def test_chunks_are_estimated_from_the_training_sample():
+    rng = np.random.default_rng(2)
+    centroids = np.eye(3, 8, dtype=np.float32)
+    vectors = np.repeat(centroids, [300, 50, 10], axis=0) + 0.01 * rng.normal(size=(360, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sample = pd.DataFrame({D.ROW: np.arange(360), D.VECTOR: pd.arrays.ArrowExtensionArray(D.pack_vectors(vectors))})
+    # a tenth sampled: about 3,000, 500 and 100 rows, with a quarter's margin, in chunks of at most 1,000
+    assert D.chunk_counts([sample], centroids, 0.1, 1000).tolist() == [4, 1, 1]
+    assert D.chunk_counts([sample], centroids, 1.0, 100).tolist() == [3, 1, 1]  # everything sampled: exact
+    assert D.chunk_counts([], None, 0.1, 1000).tolist() == [1]
 
 
 def test_the_block_computation_equals_the_whole_matrix():
@@ -149,6 +195,8 @@ def bad_frame():
     ({"method": "phash", "keep": "caption"}, "keep"),
     ({"method": "fuzzy"}, "method"),
     ({"method": "phash", "pairwise_batch_size": 0}, "pairwise_batch_size"),
+    ({"method": "semantic", "max_cluster_rows": 0}, "max_cluster_rows"),
+    ({"method": "semantic", "max_cluster_rows": 1.5}, "max_cluster_rows"),
 ])
 def test_bad_parameters_are_refused_before_any_partition_is_computed(options, parameter):
     options = dict(options)

@@ -21,11 +21,12 @@ import pandas as pd
 import pyarrow as pa
 
 from ..common import columns as C
-from ..common.defaults import DEDUP_EPS, DEDUP_MAX_DISTANCE, DEDUP_MAX_ITER
+from ..common.defaults import DEDUP_EPS, DEDUP_MAX_CLUSTER_ROWS, DEDUP_MAX_DISTANCE, DEDUP_MAX_ITER
 from ..ops import dedup as D
 from ..ops.hashing import DRAFT_SIDE
 
 DEFAULT_MAX_DISTANCE, DEFAULT_EPS, DEFAULT_MAX_ITER = DEDUP_MAX_DISTANCE, DEDUP_EPS, DEDUP_MAX_ITER
+DEFAULT_MAX_CLUSTER_ROWS = DEDUP_MAX_CLUSTER_ROWS
 ROWS_PER_CLUSTER = 1000  # n_clusters=None: one cluster per this many samples
 MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this many samples per cluster (faiss's own default)
 METHOD_COLUMNS = {"exact": (C.IS_DUPLICATE, C.DUPLICATE_OF), "phash": (C.IS_DUPLICATE, C.DUPLICATE_OF, C.PHASH_DISTANCE),
@@ -63,7 +64,8 @@ def _is_int(value) -> bool:
 
 
 def check_options(method: str, keep: str, ascending: bool, seed: int, max_distance: int, eps: float,
-                  n_clusters: int | None, max_iter: int, pairwise_batch_size: int) -> None:
+                  n_clusters: int | None, max_iter: int, pairwise_batch_size: int,
+                  max_cluster_rows: int = DEFAULT_MAX_CLUSTER_ROWS) -> None:
     """Raise ValueError naming the first bad parameter that needs no frame to check."""
     if method not in D.METHODS:
         raise ValueError(f"method must be one of {D.METHODS}, got {method!r}")
@@ -74,7 +76,8 @@ def check_options(method: str, keep: str, ascending: bool, seed: int, max_distan
                          f"got {eps!r}")
     if n_clusters is not None and (not _is_int(n_clusters) or n_clusters < 1):
         raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
-    for name, value in (("max_iter", max_iter), ("pairwise_batch_size", pairwise_batch_size)):
+    for name, value in (("max_iter", max_iter), ("pairwise_batch_size", pairwise_batch_size),
+                        ("max_cluster_rows", max_cluster_rows)):
         if not _is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not _is_int(seed):
@@ -196,16 +199,23 @@ def _phash_marks(signatures, npartitions: int, max_distance: int):
 
 
 def _semantic_marks(signatures, npartitions: int, n_clusters: int, fraction: float, max_iter: int, seed: int,
-                    keep: str, eps: float, pairwise_batch_size: int, dim: int):
+                    keep: str, eps: float, pairwise_batch_size: int, dim: int, max_cluster_rows: int):
     import dask
+    import dask.dataframe as dd
 
     sample_meta = D.training_sample(signatures._meta, fraction)
     samples = signatures.map_partitions(D.training_sample, fraction, meta=sample_meta).to_delayed()
-    centroids = dask.delayed(D.train_kmeans, pure=True)(samples, n_clusters, max_iter, seed)
+    # the centroids, and which clusters to split (estimated from the same sample), in one task
+    plan = dask.delayed(D.cluster_plan, pure=True)(samples, n_clusters, max_iter, seed, fraction, max_cluster_rows)
     assign_meta = D.assign_clusters(signatures._meta, np.zeros((1, dim), np.float32), keep)
-    clustered = signatures.map_partitions(D.assign_clusters, centroids, keep, meta=assign_meta)
-    by_cluster = _shuffle(clustered, D.CLUSTER, npartitions)
-    return by_cluster.map_partitions(D.semantic_marks, eps, pairwise_batch_size, meta=D.semantic_empty())
+    records = signatures.map_partitions(D.cluster_pairs, plan, keep,
+                                        meta=D.pair_records(assign_meta, np.ones(1, np.int64)))
+    candidates = _shuffle(records, D.PAIR, npartitions).map_partitions(D.pair_marks, pairwise_batch_size,
+                                                                       meta=D.candidates_empty())
+    whole = candidates[~candidates[D.PARTIAL]].map_partitions(D.decide, eps, meta=D.semantic_empty())
+    partials = _route(candidates[candidates[D.PARTIAL]], _to_marked_sample, npartitions)
+    split = partials.map_partitions(D.combine_partials, eps, meta=D.semantic_empty())
+    return dd.concat([whole, split])
 
 
 def _attached_meta(marks_meta: pd.DataFrame, signatures_meta: pd.DataFrame) -> pd.DataFrame:
@@ -214,7 +224,8 @@ def _attached_meta(marks_meta: pd.DataFrame, signatures_meta: pd.DataFrame) -> p
 
 def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = True, seed: int = 42,
                     max_distance: int = DEFAULT_MAX_DISTANCE, eps: float = DEFAULT_EPS, n_clusters: int | None = None,
-                    max_iter: int = DEFAULT_MAX_ITER, pairwise_batch_size: int = 256, embedder=None,
+                    max_iter: int = DEFAULT_MAX_ITER, pairwise_batch_size: int = 256,
+                    max_cluster_rows: int = DEFAULT_MAX_CLUSTER_ROWS, embedder=None,
                     embedding_dim: int | None = None, on_error: str = "report", storage_options: dict | None = None):
     """The frame with ``is_duplicate`` and ``duplicate_of`` (and, for ``method="phash"``,
     ``phash_distance``; for ``"semantic"``, ``cluster`` and ``max_similarity``). Lazy; the same
@@ -236,6 +247,10 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
     numeric column, smallest first (``ascending=False``: largest first; missing values last).
     Ties go to input order.
 
+    Semantic pairs are compared within a cluster in blocks of ``pairwise_batch_size`` rows; a
+    cluster of more than ``max_cluster_rows`` rows is split into chunks compared pair by pair (each
+    row then travels once per chunk of its cluster): a pair is never split, a cluster is.
+
     Missing hashes or embeddings are computed first (``hash_images``; ``embed`` with ``embedder``).
     Samples that failed, were dropped, or have no hash / embedding take no part: never a
     duplicate, never what another duplicates. Bad parameters raise ValueError here, before any
@@ -246,7 +261,8 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
     from ..common.errors import check_on_error
 
     check_on_error(on_error)
-    check_options(method, keep, ascending, seed, max_distance, eps, n_clusters, max_iter, pairwise_batch_size)
+    check_options(method, keep, ascending, seed, max_distance, eps, n_clusters, max_iter, pairwise_batch_size,
+                  max_cluster_rows)
     check_frame(df, keep)
     dim = None
     if method == "semantic":
@@ -278,7 +294,7 @@ def mark_duplicates(df, method: str, *, keep: str = "first", ascending: bool = T
     else:
         fraction = min(1.0, n_clusters * MAX_POINTS_PER_CENTROID / max(rows, 1))
         marks = _semantic_marks(signatures, npartitions, n_clusters, fraction, max_iter, seed, keep, eps,
-                                pairwise_batch_size, dim)
+                                pairwise_batch_size, dim, max_cluster_rows)
     # each mark goes to the partition of the sample it names, for that sample's source_shard / source_index,
     # then to the partition of the sample it marks
     attached = signatures.map_partitions(D.attach_sources, _route(marks, D.to_named_sample, npartitions),

@@ -59,11 +59,14 @@ def phash_bits(image: Image.Image) -> int:
     """The 64-bit pHash of a decoded (or draft-decoded) Pillow image, as ``imagehash.phash`` computes it."""
     import scipy.fftpack
 
-    small = image.convert("L").resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)
-    pixels = np.asarray(small)
+    gray = image if image.mode == "L" else image.convert("L")  # a draft-decoded JPEG is already L
+    pixels = np.asarray(gray.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS))
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
     low = dct[:_HASH_BLOCK, :_HASH_BLOCK]
-    bits = np.packbits(low > np.median(low))
+    # numpy.median of the 64 values, which is the mean of the middle two, without its overhead (~4 %
+    # of a draft-decoded hash)
+    middle = np.sort(low, axis=None)[_HASH_BLOCK * _HASH_BLOCK // 2 - 1 : _HASH_BLOCK * _HASH_BLOCK // 2 + 1]
+    bits = np.packbits(low > (middle[0] + middle[1]) / 2)
     return int.from_bytes(bits.tobytes(), "big")
 
 

@@ -37,12 +37,13 @@ class ImageDeduplicationStage(Stage):
 
     def __init__(self, method: str = "phash", max_distance: int | None = None, eps: float | None = None,
                  n_clusters: int | None = None, keep: str | None = None, ascending: bool = True, seed: int | None = None,
-                 max_iter: int | None = None, pairwise_batch_size: int = 256, model_name: str = "ViT-L-14",
+                 max_iter: int | None = None, pairwise_batch_size: int = 256, max_cluster_rows: int | None = None,
+                 model_name: str = "ViT-L-14",
                  pretrained: str | None = "openai", batch_size: int | None = None, device: str | None = None,
                  on_error: str = "report", which_to_keep: str | None = None, random_state: int | None = None,
                  verbose: bool = False, name: str | None = None, **engine_options):
         accept_engine_options(self, engine_options, name)
-        from ..dataframe.duplicates import DEFAULT_EPS, DEFAULT_MAX_DISTANCE, DEFAULT_MAX_ITER
+        from ..dataframe.duplicates import DEFAULT_EPS, DEFAULT_MAX_CLUSTER_ROWS, DEFAULT_MAX_DISTANCE, DEFAULT_MAX_ITER
 
         if keep is not None and which_to_keep is not None and keep != which_to_keep:
             raise TypeError("give keep or which_to_keep (NeMo's name for it), not both")
@@ -57,6 +58,7 @@ class ImageDeduplicationStage(Stage):
         self.seed = 42 if seed is None and random_state is None else (seed if seed is not None else random_state)
         self.max_iter = DEFAULT_MAX_ITER if max_iter is None else max_iter
         self.pairwise_batch_size = pairwise_batch_size
+        self.max_cluster_rows = DEFAULT_MAX_CLUSTER_ROWS if max_cluster_rows is None else max_cluster_rows
         self.model_name = model_name
         self.pretrained = pretrained
         self.batch_size = batch_size
@@ -81,7 +83,8 @@ class ImageDeduplicationStage(Stage):
         """The keyword arguments of :func:`imgcurate.mark_duplicates` this stage passes."""
         return dict(keep=self.keep, ascending=self.ascending, seed=self.seed, max_distance=self.max_distance,
                     eps=self.eps, n_clusters=self.n_clusters, max_iter=self.max_iter,
-                    pairwise_batch_size=self.pairwise_batch_size, on_error=self.on_error)
+                    pairwise_batch_size=self.pairwise_batch_size, max_cluster_rows=self.max_cluster_rows,
+                    on_error=self.on_error)
 
     def method_parameters(self) -> dict[str, Any]:
         """The parameters that decide this method's result (for the manifest's ``dedup`` entry)."""
@@ -103,7 +106,7 @@ class ImageDeduplicationStage(Stage):
         try:
             check_on_error(self.on_error)
             check_options(self.method, self.keep, self.ascending, self.seed, self.max_distance, self.eps, self.n_clusters,
-                          self.max_iter, self.pairwise_batch_size)
+                          self.max_iter, self.pairwise_batch_size, self.max_cluster_rows)
         except ValueError as exc:
             raise PipelineError(f"{type(self).__name__}: {exc}") from exc
         # an ImageEmbeddingStage validated before this one has already failed the rows without a

@@ -34,6 +34,7 @@ FLAG_TARGETS: dict[str, tuple[str, str]] = {
     "eps": ("ImageDeduplicationStage", "eps"),
     "n_clusters": ("ImageDeduplicationStage", "n_clusters"),
     "max_iter": ("ImageDeduplicationStage", "max_iter"),
+    "max_cluster_rows": ("ImageDeduplicationStage", "max_cluster_rows"),
     "keep": ("ImageDeduplicationStage", "keep"),
     "seed": ("ImageDeduplicationStage", "seed"),
 }

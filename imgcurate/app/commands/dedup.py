@@ -15,6 +15,7 @@ METHODS = ("exact", "phash", "semantic")
 def add_dedup_options(parser, *, method_flag: str = "--method", repeatable: bool = False) -> None:
     """The deduplication options: the method, its threshold and clustering, and the keep order."""
     from ...common.defaults import DEDUP_EPS as DEFAULT_EPS, DEDUP_MAX_DISTANCE as DEFAULT_MAX_DISTANCE
+    from ...common.defaults import DEDUP_MAX_CLUSTER_ROWS as DEFAULT_MAX_CLUSTER_ROWS
     from ...common.defaults import DEDUP_MAX_ITER as DEFAULT_MAX_ITER
 
     if repeatable:
@@ -36,6 +37,10 @@ def add_dedup_options(parser, *, method_flag: str = "--method", repeatable: bool
                         help="semantic: k-means clusters (default: one per 1,000 samples)")
     parser.add_argument("--max-iter", type=int, metavar="N",
                         help=f"semantic: k-means iterations (default {DEFAULT_MAX_ITER})")
+    parser.add_argument("--max-cluster-rows", type=int, metavar="N",
+                        help=f"semantic: a cluster of more rows is compared in chunks of at most ~N rows, pair of "
+                             f"chunks by pair (the same result; lower it if a worker runs out of memory; default "
+                             f"{DEFAULT_MAX_CLUSTER_ROWS:,})")
     parser.add_argument("--keep", metavar="ORDER",
                         help="which sample of duplicates is kept: first (input order, default), random, hard / easy "
                              "(semantic: farthest from / nearest to the cluster centre), or a numeric column "
@@ -49,8 +54,9 @@ def dedup_stage(args, method: str, model: str | None = None, pretrained: str | N
     from ...stages import ImageDeduplicationStage
 
     given = {"max_distance": args.max_distance, "eps": args.eps, "n_clusters": args.n_clusters, "keep": args.keep,
-             "seed": args.seed, "max_iter": args.max_iter, "model_name": model or args.model,
-             "pretrained": pretrained or args.pretrained, "batch_size": args.batch_size, "device": args.device}
+             "seed": args.seed, "max_iter": args.max_iter, "max_cluster_rows": args.max_cluster_rows,
+             "model_name": model or args.model, "pretrained": pretrained or args.pretrained, "batch_size": args.batch_size,
+             "device": args.device}
     return ImageDeduplicationStage(method, ascending=not args.descending, on_error="raise" if args.strict else "report",
                                    verbose=not args.no_progress, **{k: v for k, v in given.items() if v is not None})
 
