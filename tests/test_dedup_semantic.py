@@ -19,6 +19,7 @@ import dask.dataframe as dd
 import imgcurate
 from imgcurate.common.backend import Backend
 from imgcurate.ops import dedup as D
+from imgcurate.ops import semantic as S
 
 N, DIM, K = 4000, 48, 12
 SHARD_ROWS = 500
@@ -102,7 +103,7 @@ def test_semantic_equals_semdedup_given_the_same_clusters(vectors, keep, max_clu
         # the same sample with the same seed
         signatures = D.signature_partition(frame(x, nulls, 1).compute(), "semantic", seed=3, dim=DIM)
         fraction = min(1.0, K * 256 / N)
-        centroids = D.train_kmeans([D.training_sample(signatures, fraction)], K, 10, 3)
+        centroids = S.train_kmeans([S.training_sample(signatures, fraction)], K, 10, 3)
         distance = 1.0 - np.einsum("ij,ij->i", x.astype(np.float64), centroids[np.maximum(clusters, 0)].astype(np.float64))
         order = -distance if keep == "hard" else distance
     m, duplicate, of = semdedup_reference(x, clusters, order, eps)
@@ -128,11 +129,11 @@ def test_a_split_cluster_meets_every_pair_of_its_rows_once():
     exactly one pair (a pair of two chunks compares rows across them; a chunk with itself, within)."""
     clustered = pd.DataFrame({D.ROW: np.arange(10, dtype=np.int64), D.ORDER: np.zeros(10), D.VECTOR: [b""] * 10,
                               D.CLUSTER: np.zeros(10, np.int32)})
-    records = D.pair_records(clustered, np.array([3]))
-    assert records[D.PARTIAL].all() and len(records) == 30
+    records = S.pair_records(clustered, np.array([3]))
+    assert records[S.PARTIAL].all() and len(records) == 30
     met = {}
-    for _, group in records.groupby(D.PAIR):
-        chunk = dict(zip(group[D.ROW], group[D.CHUNK]))
+    for _, group in records.groupby(S.PAIR):
+        chunk = dict(zip(group[D.ROW], group[S.CHUNK]))
         assert len(set(chunk.values())) <= 2
         across = len(set(chunk.values())) == 2
         for i in chunk:
@@ -140,7 +141,7 @@ def test_a_split_cluster_meets_every_pair_of_its_rows_once():
                 if i < j and (chunk[i] != chunk[j] or not across):
                     met[i, j] = met.get((i, j), 0) + 1
     assert met == {(i, j): 1 for i in range(10) for j in range(i + 1, 10)}
-    assert not D.pair_records(clustered, np.array([1]))[D.PARTIAL].any()
+    assert not S.pair_records(clustered, np.array([1]))[S.PARTIAL].any()
 
 
 def test_chunks_are_estimated_from_the_training_sample():
@@ -150,9 +151,9 @@ def test_chunks_are_estimated_from_the_training_sample():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sample = pd.DataFrame({D.ROW: np.arange(360), D.VECTOR: pd.arrays.ArrowExtensionArray(D.pack_vectors(vectors))})
     # a tenth sampled: about 3,000, 500 and 100 rows, with a quarter's margin, in chunks of at most 1,000
-    assert D.chunk_counts([sample], centroids, 0.1, 1000).tolist() == [4, 1, 1]
-    assert D.chunk_counts([sample], centroids, 1.0, 100).tolist() == [3, 1, 1]  # everything sampled: exact
-    assert D.chunk_counts([], None, 0.1, 1000).tolist() == [1]
+    assert S.chunk_counts([sample], centroids, 0.1, 1000).tolist() == [4, 1, 1]
+    assert S.chunk_counts([sample], centroids, 1.0, 100).tolist() == [3, 1, 1]  # everything sampled: exact
+    assert S.chunk_counts([], None, 0.1, 1000).tolist() == [1]
 
 
 def test_the_block_computation_equals_the_whole_matrix():
@@ -160,7 +161,7 @@ def test_the_block_computation_equals_the_whole_matrix():
     x = rng.normal(size=(700, 16)).astype(np.float32)
     x[300] = x[10]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    best, at = D.max_earlier_similarity(x, block_rows=64, block_columns=100)
+    best, at = S.max_earlier_similarity(x, block_rows=64, block_columns=100)
     whole = torch.triu(torch.tensor(x) @ torch.tensor(x).T, diagonal=1)
     values, where = torch.max(whole, dim=0)
     np.testing.assert_allclose(best, values.numpy(), atol=1e-6)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from ..common import columns as C
 from ..common.defaults import DEDUP_EPS, DEDUP_MAX_CLUSTER_ROWS, DEDUP_MAX_DISTANCE, DEDUP_MAX_ITER
 from ..ops import dedup as D
+from ..ops import semantic as S
 from ..ops.hashing import DRAFT_SIDE
 
 DEFAULT_MAX_DISTANCE, DEFAULT_EPS, DEFAULT_MAX_ITER = DEDUP_MAX_DISTANCE, DEDUP_EPS, DEDUP_MAX_ITER
@@ -203,18 +204,18 @@ def _semantic_marks(signatures, npartitions: int, n_clusters: int, fraction: flo
     import dask
     import dask.dataframe as dd
 
-    sample_meta = D.training_sample(signatures._meta, fraction)
-    samples = signatures.map_partitions(D.training_sample, fraction, meta=sample_meta).to_delayed()
+    sample_meta = S.training_sample(signatures._meta, fraction)
+    samples = signatures.map_partitions(S.training_sample, fraction, meta=sample_meta).to_delayed()
     # the centroids, and which clusters to split (estimated from the same sample), in one task
-    plan = dask.delayed(D.cluster_plan, pure=True)(samples, n_clusters, max_iter, seed, fraction, max_cluster_rows)
-    assign_meta = D.assign_clusters(signatures._meta, np.zeros((1, dim), np.float32), keep)
-    records = signatures.map_partitions(D.cluster_pairs, plan, keep,
-                                        meta=D.pair_records(assign_meta, np.ones(1, np.int64)))
-    candidates = _shuffle(records, D.PAIR, npartitions).map_partitions(D.pair_marks, pairwise_batch_size,
-                                                                       meta=D.candidates_empty())
-    whole = candidates[~candidates[D.PARTIAL]].map_partitions(D.decide, eps, meta=D.semantic_empty())
-    partials = _route(candidates[candidates[D.PARTIAL]], _to_marked_sample, npartitions)
-    split = partials.map_partitions(D.combine_partials, eps, meta=D.semantic_empty())
+    plan = dask.delayed(S.cluster_plan, pure=True)(samples, n_clusters, max_iter, seed, fraction, max_cluster_rows)
+    assign_meta = S.assign_clusters(signatures._meta, np.zeros((1, dim), np.float32), keep)
+    records = signatures.map_partitions(S.cluster_pairs, plan, keep,
+                                        meta=S.pair_records(assign_meta, np.ones(1, np.int64)))
+    candidates = _shuffle(records, S.PAIR, npartitions).map_partitions(S.pair_marks, pairwise_batch_size,
+                                                                       meta=S.candidates_empty())
+    whole = candidates[~candidates[S.PARTIAL]].map_partitions(S.decide, eps, meta=S.semantic_empty())
+    partials = _route(candidates[candidates[S.PARTIAL]], _to_marked_sample, npartitions)
+    split = partials.map_partitions(S.combine_partials, eps, meta=S.semantic_empty())
     return dd.concat([whole, split])
 
 
