@@ -359,6 +359,48 @@ def test_json_wins_over_the_sidecar_and_says_so_once(tmp_path):
     assert frame.width.tolist() == [100, 7]
 
 
+def test_json_typed_sidecar_columns_are_read_as_json_values(tmp_path):
+    """A sidecar's JSON column (how imgcurate writes nested .json fields) holds JSON text: it is compared
+    with the .json's value as the value it encodes, and a field only in the sidecar is not encoded twice."""
+    import warnings
+
+    from imgcurate.io import schema
+    from imgcurate.io.jsontext import JSON_TEXT
+
+    schema._WARNED_DISAGREEMENT.clear()
+    write_tar(tmp_path / "00000.tar", [("a.jpg", b"x"), ("a.json", b'{"tags": ["red", "noise"]}'),
+                                       ("b.jpg", b"y"), ("b.json", b'{"tags": ["blue"]}')])
+    pq.write_table(pa.table({"key": ["a", "b"],
+                             "tags": pa.array(['["red", "noise"]', '["blue"]']).cast(JSON_TEXT),
+                             "box": pa.array(['{"x": 1}', None]).cast(JSON_TEXT)}), tmp_path / "00000.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = read_webdataset(tmp_path).compute()
+    assert [json.loads(t) for t in frame.tags] == [["red", "noise"], ["blue"]]
+    assert json.loads(frame.box.iloc[0]) == {"x": 1} and frame.box.isna().tolist() == [False, True]
+    pq.write_table(pa.table({"key": ["b"], "tags": pa.array(['["green"]']).cast(JSON_TEXT)}), tmp_path / "00000.parquet")
+    with pytest.warns(UserWarning, match="'tags' differs"):
+        assert json.loads(read_webdataset(tmp_path).compute().tags.iloc[1]) == ["blue"]
+
+
+def test_reading_an_imgcurate_output_gives_no_warning(tmp_path, photo_dataset):
+    """Nested .json fields go to both the tar's .json and the Parquet beside it; reading the output back
+    finds them equal."""
+    import warnings
+
+    from imgcurate.io import schema
+
+    directory, _ = photo_dataset
+    first = read_webdataset(directory).compute()
+    assert first["info"].notna().all()  # a nested field in every sample
+    imgcurate.write_webdataset(read_webdataset(directory), tmp_path / "out", images_per_tar=7)
+    schema._WARNED_DISAGREEMENT.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = read_webdataset(tmp_path / "out").compute()
+    assert again["info"].map(json.loads).tolist() == first["info"].map(json.loads).tolist()
+
+
 def test_samples_are_counted_where_they_were_read(photo_dataset, monkeypatch):
     """The writer's count of a shard's samples is what the read found (no second pass in the same
     process), and the same as a pass over the shard's headers."""

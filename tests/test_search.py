@@ -329,6 +329,8 @@ def test_cli_index_and_search_to_a_new_webdataset(tmp_path, photos, capsys):
     assert main(args + ["--output", str(out), "--images-per-tar", "2", "--report", str(tmp_path / "page.html")]) == 0
     printed = capsys.readouterr().out
     assert "similarity" in printed and f"wrote {len(keys)} samples" in printed
+    # the samples that did not match are neither dropped nor failed: the line says where they went
+    assert f"read {len(samples)}, removed {len(samples) - len(keys)}, dropped 0, failed 0" in printed
     by_key = {s["key"]: s for s in samples}
     members = {}
     shard_sizes = []

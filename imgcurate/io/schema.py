@@ -425,8 +425,21 @@ def _sidecar_columns(rows: _Rows, sidecar: pa.Table | None) -> dict[str, list[An
     for name in sidecar.column_names:
         if name != C.KEY:
             column = sidecar.column(name).to_pylist()
+            if sidecar.schema.field(name).type == JSON_TEXT:
+                # JSON text (how a nested .json field is written beside the tar) stands for the value it encodes
+                column = [_json_value(text) for text in column]
             values[name] = [None if j is None else column[j] for j in lookup]
     return values
+
+
+def _json_value(text: str | None) -> Any:
+    """The value JSON ``text`` encodes; text that is not JSON is kept as the string it is."""
+    if text is None:
+        return None
+    try:
+        return parse_json(text)
+    except ValueError:
+        return text
 
 
 def infer_layout(rows: _Rows, json_values: dict[str, list[Any]], sidecar: pa.Table | None,

@@ -53,7 +53,7 @@ class WriteResult:
         c = self.counts
         return (
             f"wrote {self.samples} samples in {self.shards} shards ({self.bytes / 1e6:.1f} MB) to {self.output_dir}; "
-            f"read {c.get('read', 0)}, dropped {c.get('dropped', 0)}, failed {c.get('failed', 0)}"
+            f"read {c.get('read', 0)}, removed {c.get('removed', 0)}, dropped {c.get('dropped', 0)}, failed {c.get('failed', 0)}"
         )
 
     def __repr__(self) -> str:
@@ -64,7 +64,8 @@ class WriteResult:
             return f"{name}={c.get(name, 0)}" + (f" ({detail})" if detail else "")
 
         return (f"WriteResult({self.output_dir!r}, shards={self.shards}, samples={self.samples}, bytes={self.bytes}, "
-                f"read={c.get('read', 0)}, {with_detail('dropped', 'dropped_by_stage')}, {with_detail('failed', 'failed_by_reason')})")
+                f"read={c.get('read', 0)}, removed={c.get('removed', 0)}, {with_detail('dropped', 'dropped_by_stage')}, "
+                f"{with_detail('failed', 'failed_by_reason')})")
 
 
 def check_images_per_tar(images_per_tar) -> None:
