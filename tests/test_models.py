@@ -279,3 +279,18 @@ def test_device_precision_and_batch_size_are_chosen_where_the_model_runs(monkeyp
         CLIPModel(TINY_MODEL, pretrained=None, precision="int8")
     with pytest.raises(ValueError, match="batch_size"):
         CLIPModel(TINY_MODEL, pretrained=None, batch_size=0)
+
+
+def test_random_weights_are_announced_once_per_model(caplog, monkeypatch):
+    from imgcurate.models import weights
+
+    monkeypatch.setattr(weights, "_RANDOM_ANNOUNCED", set())
+    with caplog.at_level(logging.WARNING, logger="imgcurate"):
+        for _ in range(2):
+            CLIPImageEmbedder(TINY_MODEL, "random")
+            AestheticScorer("random")
+            NSFWScorer("random")
+    said = [r.getMessage() for r in caplog.records if "RANDOM" in r.getMessage()]
+    assert said == [f"CLIPImageEmbedder({TINY_MODEL}) has RANDOM weights: its embeddings mean nothing",
+                    "AestheticScorer uses RANDOM weights: its scores mean nothing",
+                    "NSFWScorer uses RANDOM weights: its scores mean nothing"]

@@ -32,7 +32,7 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from ..common.backend import Runtime, check_precision, model_runtime
 from ..common.errors import WeightsNotFoundError
 from . import tiny  # noqa: F401  (registers imgcurate's tiny test/demo config with open_clip)
-from .weights import MODEL_LOAD_LOCK, downloads_allowed, reachable, sha256_file
+from .weights import MODEL_LOAD_LOCK, announce_random_weights, downloads_allowed, reachable, sha256_file
 
 log = logging.getLogger("imgcurate")
 QUICKGELU_SUFFIX = "-quickgelu"
@@ -198,7 +198,7 @@ class CLIPModel:
         self.context_length = int(config.get("text_cfg", {}).get("context_length", 77))
         self.preprocess = preprocess_config(self.resolved)
         if pretrained is None:
-            log.warning("%s(%s) has RANDOM weights: its embeddings mean nothing", type(self).__name__, model_name)
+            announce_random_weights(f"{type(self).__name__}({model_name}) has RANDOM weights: its embeddings mean nothing")
 
     # -- weights ------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ demonstrations and tests, and says so in :meth:`describe`.
 
 from __future__ import annotations
 
-import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -27,9 +26,8 @@ from torch import nn
 
 from ..common.backend import torch_device
 from ..common.errors import WeightsNotFoundError
-from .weights import MODEL_LOAD_LOCK, WeightFile, resolve_weights, sha256_file
+from .weights import MODEL_LOAD_LOCK, WeightFile, announce_random_weights, resolve_weights, sha256_file
 
-log = logging.getLogger("imgcurate")
 EMBEDDING_DIM = 768  # ViT-L/14, the embeddings both heads were trained on
 RANDOM = "random"
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
@@ -145,7 +143,7 @@ class _Head:
         self.device = device  # None: CUDA when the machine that scores has it (decided there)
         self.batch_size = batch_size
         if self.random:
-            log.warning("%s uses RANDOM weights: its scores mean nothing", type(self).__name__)
+            announce_random_weights(f"{type(self).__name__} uses RANDOM weights: its scores mean nothing")
 
     def check_width(self, width: int) -> None:
         if width != EMBEDDING_DIM:

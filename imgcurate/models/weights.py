@@ -36,6 +36,16 @@ PROBE_TIMEOUT_S = 3.0
 # Worker threads share a process's models: the first one to ask builds a model while the others
 # wait for it (functools.lru_cache alone would let each of them build its own copy).
 MODEL_LOAD_LOCK = threading.Lock()
+_RANDOM_ANNOUNCED: set[str] = set()
+
+
+def announce_random_weights(message: str) -> None:
+    """Warn that a model has random weights, once per process and model: a notebook or the demo builds
+    the same model more than once, and a repeated line reads as a second problem. Each pipeline run
+    still says it in its own line, and its manifest records ``random_weights``."""
+    if message not in _RANDOM_ANNOUNCED:
+        _RANDOM_ANNOUNCED.add(message)
+        log.warning(message)
 
 
 @dataclass(frozen=True)
