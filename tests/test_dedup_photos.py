@@ -185,3 +185,20 @@ def test_a_bad_stage_fails_before_any_work(dataset, tmp_path, options, parameter
                          ImageDeduplicationStage(method="phash", **options),
                          ImageWriterStage(str(tmp_path / "out"))]).run(scheduler="threads")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dedup", "--method", "phash", "--eps", "0.1"], "--eps applies to --method semantic, and this run has --method phash"),
+    (["dedup", "--method", "semantic", "--max-distance", "3"], "--max-distance applies to --method phash"),
+    (["curate", "--dedup", "exact", "--n-clusters", "4"], "--n-clusters applies to --dedup semantic, and this run has --dedup exact"),
+    (["curate", "--max-cluster-rows", "10"], "this run has no --dedup"),
+    (["curate", "--keep", "random"], "--keep orders the samples of a deduplication: give --dedup METHOD"),
+])
+def test_a_dedup_option_no_chosen_method_uses_is_refused(dataset, tmp_path, capsys, args, message):
+    """An option that would change nothing (another method's threshold, an order without a deduplication)
+    is an error before any work, not silently ignored."""
+    out = tmp_path / "out"
+    command = [args[0], str(dataset), "--output", str(out), *args[1:], "--scheduler", "threads", "--no-progress"]
+    assert main(command) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dedup import add_dedup_options, dedup_stage
+from .dedup import add_dedup_options, check_method_options, dedup_stage
 from .options import add_scheduler, run_pipeline
 
 # flag (argparse dest) → (stage class name, parameter), and its value when neither flag nor file gives one
@@ -85,6 +85,7 @@ def pipeline_from_args(args):
         return pipeline
     if not args.input or not args.output:
         raise ValueError("give INPUT and --output, or a --config file that names them")
+    check_method_options(args, args.dedup or [], method_flag="--dedup")
     value = {dest: given.get(dest, DEFAULTS.get(dest)) for dest in FLAG_TARGETS}
     if value["clip_score_min"] is not None and value["clip_score_top_fraction"] is not None:
         raise ValueError("give --clip-score-min or --clip-score-top-fraction, not both")

@@ -49,6 +49,24 @@ def add_dedup_options(parser, *, method_flag: str = "--method", repeatable: bool
     parser.add_argument("--seed", type=int, help="seed of k-means and of --keep random (default 42)")
 
 
+# the options of one method: given without that method they would change nothing, so they are refused
+METHOD_OPTIONS = {"max_distance": "phash", "eps": "semantic", "n_clusters": "semantic", "max_iter": "semantic",
+                  "max_cluster_rows": "semantic"}
+ORDER_OPTIONS = ("keep", "seed", "descending")
+
+
+def check_method_options(args, methods, method_flag: str = "--method") -> None:
+    """Raise ValueError for a deduplication option that none of ``methods`` uses."""
+    for dest, method in METHOD_OPTIONS.items():
+        if getattr(args, dest) is not None and method not in methods:
+            chosen = f"{method_flag} {', '.join(methods)}" if methods else f"no {method_flag}"
+            raise ValueError(f"--{dest.replace('_', '-')} applies to {method_flag} {method}, and this run has {chosen}")
+    if not methods:
+        for dest in ORDER_OPTIONS:
+            if getattr(args, dest) not in (None, False):
+                raise ValueError(f"--{dest} orders the samples of a deduplication: give {method_flag} METHOD with it")
+
+
 def dedup_stage(args, method: str, model: str | None = None, pretrained: str | None = None):
     """The stage the options describe (options left unset take the stage's defaults)."""
     from ...stages import ImageDeduplicationStage
@@ -64,6 +82,7 @@ def dedup_stage(args, method: str, model: str | None = None, pretrained: str | N
 def pipeline_from_args(args):
     from ...stages import FilePartitioningStage, ImageEmbeddingStage, ImageReaderStage, ImageWriterStage, Pipeline
 
+    check_method_options(args, [args.dedup])
     on_error = "raise" if args.strict else "report"
     stages = [FilePartitioningStage(args.input, file_extensions=(".tar", ".tar.gz", ".tgz")),
               ImageReaderStage(on_error=on_error)]
