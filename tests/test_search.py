@@ -432,3 +432,24 @@ def test_ivf_training_runs_on_the_gpu_with_faiss_gpu(clustered_export, tmp_path)
     queries = clustered(20, 32, seed=9)
     for (ids, _), row in zip(index.within(queries, 0.8), queries @ vectors.T):
         assert set(ids.tolist()) >= set(np.flatnonzero(row >= 0.8 + 1e-5).tolist())
+
+
+def test_cli_checks_query_images_and_outputs_before_any_work(photo_index, tmp_path, capsys, monkeypatch):
+    """A missing query image, an output that would be refused, or an index directory that already holds
+    an export fail before a model runs or a shard is read."""
+    import imgcurate.retrieval as retrieval
+
+    directory, _, _ = photo_index
+    monkeypatch.setattr(retrieval, "search", lambda *a, **k: pytest.fail("the query ran"))
+    monkeypatch.setattr(retrieval, "export_embeddings", lambda *a, **k: pytest.fail("shards were read"))
+    assert main(["search", str(directory), "--image", str(tmp_path / "missing.jpg")]) == 2
+    assert "--image" in (err := capsys.readouterr().err) and "missing.jpg': no such file" in err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("not imgcurate's")
+    assert main(["search", str(directory), "--text", "x", "--output", str(taken)]) == 2
+    assert "holds files imgcurate did not write (notes.txt)" in capsys.readouterr().err
+    assert main(["search", str(directory), "--text", "x", "--output", str(tmp_path / "new"), "--images-per-tar", "0"]) == 2
+    assert "images_per_tar must be a positive integer" in capsys.readouterr().err
+    assert main(["index", str(tmp_path), "--output", str(directory), "--model", TINY, "--pretrained", "random"]) == 2
+    assert "already holds an export" in capsys.readouterr().err

@@ -199,13 +199,19 @@ def export_partition(frame, number: int, options: ExportOptions) -> dict[str, An
     return record
 
 
-def _prepare_output(fs, root: str, overwrite: bool) -> None:
-    """Refuse an earlier export unless ``overwrite``; with it, remove only what an export and an index write."""
+def check_export_output(fs, root: str, overwrite: bool) -> list[str]:
+    """What an export into ``root`` would replace; raises OutputExistsError for an earlier export
+    unless ``overwrite``. Changes nothing."""
     existing = [name for name in EXPORT_NAMES if fs.exists(f"{root}/{name}")]
     if existing and not overwrite:
         raise OutputExistsError(f"{root!r} already holds an export ({', '.join(existing)}); pass overwrite=True "
                                 f"(--overwrite) to replace it")
-    for name in existing:
+    return existing
+
+
+def _prepare_output(fs, root: str, overwrite: bool) -> None:
+    """Refuse an earlier export unless ``overwrite``; with it, remove only what an export and an index write."""
+    for name in check_export_output(fs, root, overwrite):
         fs.rm(f"{root}/{name}", recursive=True)
     for name in (IMG_EMB, METADATA):
         fs.makedirs(f"{root}/{name}", exist_ok=True)

@@ -22,6 +22,10 @@ def run(args) -> int:
     from ...models import CLIPModel
     from ...retrieval import build_index, export_embeddings
 
+    from ...io.paths import filesystem
+    from ...retrieval.export import check_export_output
+
+    check_export_output(*filesystem(args.output), args.overwrite)  # before a model is built or a shard read
     on_error = "raise" if args.strict else "report"
     progress = not args.no_progress
     named = args.model is not None or args.pretrained is not None
