@@ -84,3 +84,13 @@ def test_every_command_that_writes_exits_1_when_no_input_shard_could_be_read(tmp
         assert "no input shard could be read (2 rejected)" in captured.err, name
         manifest = json.loads((tmp_path / name / "_manifest.json").read_text())
         assert manifest["counts"]["rejected_shards_by_reason"] == {"not_a_tar": 2}, name
+
+
+def test_every_command_names_a_missing_input_in_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "nowhere")
+    for argv in (["reshard", missing, "-o", str(tmp_path / "o1")], ["dedup", missing, "-o", str(tmp_path / "o2"), "--method", "exact"],
+                 ["curate", missing, "-o", str(tmp_path / "o3")], ["export", missing, "-o", str(tmp_path / "o4"), "--where", "width > 1"],
+                 ["inspect", missing], ["query", missing, "SELECT 1"]):
+        assert main([*argv, "--scheduler", "threads"] if argv[0] != "query" else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"imgcurate {argv[0]}: error: input {missing!r} does not exist\n", argv

@@ -304,6 +304,8 @@ def test_report_on_reshard_output(sample_data, tmp_path):
 def test_report_refuses_a_directory_imgcurate_did_not_write(sample_data, tmp_path, capsys):
     assert main(["report", str(sample_data), "--output", str(tmp_path / "r.html")]) == 2
     assert "not an output directory written by imgcurate" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r.html")]) == 2
+    assert "nowhere': no such directory" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 

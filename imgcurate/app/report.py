@@ -59,6 +59,8 @@ window.addEventListener("load", function () {
 def _read_manifest(directory: str, storage_options: dict | None) -> dict[str, Any]:
     fs, root = filesystem(directory, storage_options)
     path = f"{root.rstrip('/')}/{MANIFEST_FILE}"
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{directory!r}: no such directory")
     if not fs.exists(path):
         raise FileNotFoundError(f"{directory!r} has no {MANIFEST_FILE}: not an output directory written by imgcurate")
     with fs.open(path, "rb") as f:

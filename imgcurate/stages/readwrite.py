@@ -50,7 +50,8 @@ class FilePartitioningStage(Stage):
             if self.blocksize is not None:
                 per_partition = self._files_per_block(shards)
         except (FileNotFoundError, ValueError) as exc:
-            raise PipelineError(f"input: {exc}") from exc
+            message = str(exc)
+            raise PipelineError(message if message.startswith("input ") else f"input: {message}") from exc
         context.shards = shards[: self.limit * per_partition] if self.limit else shards
         context.files_per_partition = per_partition
         context.storage_options = self.storage_options
