@@ -11,7 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # what a notebook's rich outputs must show: thumbnails, the truncated sample's reason, the writer's table
-EXPECTED_HTML = {"getting-started.ipynb": ("data:image/jpeg;base64,", "decode_error", "by stage / reason")}
+EXPECTED_HTML = {"getting-started.ipynb": ("data:image/jpeg;base64,", "decode_error", "by stage / reason"),
+                 "dedup-captions-search.ipynb": ("data:image/jpeg;base64,", "dedup_exact", "clip_score")}
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -79,7 +79,8 @@ class ExportResult:
 
     def __str__(self) -> str:
         return (f"exported {self.count} embeddings ({self.dim}-d {self.dtype}, model {self.model_id or 'unknown'}) in "
-                f"{len(self.files)} file sets to {self.output_dir}; {self.not_exported} rows without an embedding")
+                f"{len(self.files)} file sets to {self.output_dir}; {self.not_exported} rows not exported "
+                f"(failed, dropped or without an embedding)")
 
 
 def exported_rows(table: pa.Table) -> np.ndarray:
