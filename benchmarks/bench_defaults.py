@@ -9,7 +9,8 @@ against ``cp -r`` of the same shards in the same run; and the fixed costs of the
 * **imgcurate reshard**: the command, a fresh process each run (its start-up included), on its
   default scheduler.
 * **Start-up floor**: ``python -c "import dask.dataframe"`` against ``cp -r`` of the same 1 GB, in
-  seconds: what every command on the dataframe core spends before it reads a byte.
+  seconds: what every command on the dataframe core spends before it reads a byte; and
+  ``import pandas, pyarrow.parquet``, what a path that left Dask out would still spend.
 * **Fixed costs**: ``import imgcurate`` and ``imgcurate --help`` in a fresh process (against
   ``python -c pass``), and ``imgcurate reshard`` of the 4 MB sample data on its default scheduler
   and on a local cluster started for the job.
@@ -31,6 +32,8 @@ NAME = "defaults"
 GB_DATASET = {"samples": 20_000, "shards": 20}  # about 1 GB of JPEGs
 FIXED_RUNS = 7
 STARTUP_FLOOR = [sys.executable, "-c", "import dask.dataframe"]
+# what a path without Dask would still load to write shards' Parquet metadata from pandas rows
+NO_DASK_FLOOR = [sys.executable, "-c", "import pandas, pyarrow.parquet"]
 README_INPUT, README_OUTPUT = '"data/{00000..00009}.tar"', '"out/"'
 
 
@@ -106,6 +109,12 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
         measures.append(compare("Python start and import dask.dataframe alone, against cp -r of the 1 GB", "s",
                                 start_up, cp_seconds, "cp -r (s)", "report",
                                 note="a whole command at 0.5x cp's MB/s has 2x cp's seconds in all"))
+        start_up, cp_seconds = interleave(config.repeats,
+                                          lambda: timed(lambda: subprocess.run(NO_DASK_FLOOR, check=True)),
+                                          lambda: timed(lambda: copy_tree(big.directory, work / "cp")))
+        measures.append(compare("Python start and import pandas + pyarrow.parquet alone (no Dask), against cp -r of the 1 GB",
+                                "s", start_up, cp_seconds, "cp -r (s)", "report",
+                                note="the floor of a path that left Dask out"))
         measures += fixed_costs(config, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
