@@ -94,3 +94,21 @@ def test_every_command_names_a_missing_input_in_one_line(tmp_path, capsys):
         assert main([*argv, "--scheduler", "threads"] if argv[0] != "query" else argv) == 2, argv
         err = capsys.readouterr().err
         assert err == f"imgcurate {argv[0]}: error: input {missing!r} does not exist\n", argv
+
+
+def test_warnings_are_one_line_on_the_command_line(tmp_path):
+    """A warning reaches the terminal as one line (no file path and source line), and in full with --debug."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import write_tar
+
+    write_tar(tmp_path / "00000.tar", [("a.jpg", b"x"), ("a.json", b'{"width": 100}')])
+    pq.write_table(pa.table({"key": ["a"], "width": [300]}), tmp_path / "00000.parquet")
+    script = Path(sys.executable).parent / "imgcurate"
+    result = subprocess.run([str(script), "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["warning: field 'width' differs between samples' .json and their sidecar Parquet "
+                                          "row: the .json value is kept (the sidecar only fills values the .json lacks)"]
+    debug = subprocess.run([str(script), "--debug", "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert "schema.py" in debug.stderr and "UserWarning: field 'width' differs" in debug.stderr

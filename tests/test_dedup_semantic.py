@@ -227,3 +227,19 @@ def test_marking_is_lazy():
         assert {"is_duplicate", "duplicate_of"} <= set(marked.columns)
         with pytest.raises(RuntimeError, match="a partition was computed"):
             marked.compute(scheduler="sync")
+
+
+def test_kmeans_on_few_samples_warns_once_in_python_and_faiss_prints_nothing(capfd):
+    """faiss's own advice (C++ on stderr) is replaced by one Python warning; the centroids are faiss's."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((60, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = pd.DataFrame({D.ROW: np.arange(60), D.VECTOR: pd.Series(D.pack_vectors(vectors), dtype=pd.ArrowDtype(pa.large_binary()))})
+    with pytest.warns(UserWarning, match=r"k-means trains on 60 samples for n_clusters=4: faiss advises at least 39 per cluster \(156\)"):
+        centroids = S.train_kmeans([rows], 4, 10, 3)
+    assert "WARNING clustering" not in capfd.readouterr().err
+    plain = faiss.Kmeans(8, 4, niter=10, seed=3, spherical=True, max_points_per_centroid=1 << 30, verbose=False)
+    plain.train(vectors)
+    np.testing.assert_array_equal(centroids, plain.centroids)

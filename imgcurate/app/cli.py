@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from ..common.errors import ImgcurateError
@@ -38,6 +39,11 @@ def quiet_dask(verbose: bool) -> None:
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: one line, without the file and source line it came from."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imgcurate's own messages at INFO; other libraries' (open_clip logs every model build) only when they warn
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     log.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    shown_as = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = one_line_warning
     try:
         return args.func(args)
     except (ImgcurateError, OSError, ValueError) as exc:
@@ -58,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the output directory was left as it was found (the writer withdraws an unfinished run)
         print(f"imgcurate {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown_as
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ Signature rows, marks and the column names are those of :mod:`imgcurate.ops.dedu
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,9 @@ def training_sample(signatures: pd.DataFrame, fraction: float) -> pd.DataFrame:
     return signatures.loc[signatures[SAMPLE].to_numpy() < fraction, [ROW, VECTOR]]
 
 
+FAISS_MIN_POINTS_PER_CENTROID = 39  # faiss.ClusteringParameters' default, below which faiss warns
+
+
 def train_kmeans(samples: list[pd.DataFrame], n_clusters: int, max_iter: int, seed: int) -> np.ndarray | None:
     """faiss spherical k-means (SemDeDup's setting) on the training rows in input order; the unit
     centroids as an (n_clusters, dim) float32 array, or None when no sample takes part at all."""
@@ -49,8 +53,13 @@ def train_kmeans(samples: list[pd.DataFrame], n_clusters: int, max_iter: int, se
     if len(vectors) < n_clusters:
         raise ValueError(f"n_clusters={n_clusters} is more than the {len(vectors)} samples drawn to train k-means "
                          f"(those with an embedding); lower n_clusters")
+    if len(vectors) < n_clusters * FAISS_MIN_POINTS_PER_CENTROID:
+        warnings.warn(f"k-means trains on {len(vectors)} samples for n_clusters={n_clusters}: faiss advises at least "
+                      f"{FAISS_MIN_POINTS_PER_CENTROID} per cluster ({n_clusters * FAISS_MIN_POINTS_PER_CENTROID}); "
+                      f"the clusters may be poor (a smaller n_clusters gives each more samples)", UserWarning, stacklevel=2)
+    # faiss's own advice about the same goes to stderr from C++; it is given once, above, as a warning
     kmeans = faiss.Kmeans(vectors.shape[1], n_clusters, niter=max_iter, seed=seed, spherical=True,
-                          max_points_per_centroid=1 << 30, verbose=False)
+                          max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
     kmeans.train(vectors)
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
