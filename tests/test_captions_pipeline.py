@@ -106,3 +106,4 @@ def test_curate_flags_add_the_caption_stages(tmp_path, pairs):
     written = dd.read_parquet(str(out)).compute()
     assert (written[C.CAPTION_LANGUAGE] == "en").all() and len(np.load(uids)) == len(written) > 0
     assert f"wrote {len(written)} uids" in done.stdout
+    assert (done.stdout + done.stderr).count(" uids to ") == 1  # said once

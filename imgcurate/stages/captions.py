@@ -221,7 +221,7 @@ class UidSubsetStage(Stage):
             return
         self.saved = save_written_uids(result.output_dir, self.save_uids, storage_options=self.storage_options,
                                        progress=self.verbose)
-        log.info("wrote %d uids to %s", self.saved.uids, self.save_uids)
+        log.debug("wrote %d uids to %s", self.saved.uids, self.save_uids)  # the command line prints the result
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
