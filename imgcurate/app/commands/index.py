@@ -18,11 +18,10 @@ def run(args) -> int:
     from ...common import columns as C
     from ...common.cluster import dask_client
     from ...dataframe import embed
+    from ...io.paths import filesystem
     from ...io.reader import read_webdataset
     from ...models import CLIPModel
     from ...retrieval import build_index, export_embeddings
-
-    from ...io.paths import filesystem
     from ...retrieval.export import check_export_output
 
     check_export_output(*filesystem(args.output), args.overwrite)  # before a model is built or a shard read
