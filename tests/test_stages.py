@@ -254,6 +254,8 @@ def writer(tmp_path, **options):
     (lambda d, t, c: [FilePartitioningStage(d), ImageReaderStage(), ImageEmbeddingStage(TINY_MODEL, c)],
      "no ImageWriterStage"),
     (lambda d, t, c: [FilePartitioningStage(str(t / "nowhere")), ImageReaderStage(), writer(t)], "input"),
+    (lambda d, t, c: [FilePartitioningStage(d, blocksize="lots"), ImageReaderStage(), writer(t)],
+     "blocksize 'lots' is not a size in bytes"),
     (lambda d, t, c: [ImageReaderStage(), FilePartitioningStage(d), writer(t)], "first stage"),
     (lambda d, t, c: [FilePartitioningStage(d), ImageReaderStage(), writer(t, images_per_tar=0)], "images_per_tar"),
     (lambda d, t, c: [FilePartitioningStage(d), ImageReaderStage(), ImageEmbeddingStage(TINY_MODEL, c),

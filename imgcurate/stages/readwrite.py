@@ -15,7 +15,10 @@ def _bytes(size: int | str) -> int:
     """``blocksize`` as bytes: a number, or text such as ``"512MB"`` / ``"1GiB"``."""
     from dask.utils import parse_bytes
 
-    return int(parse_bytes(size)) if isinstance(size, str) else int(size)
+    try:
+        return int(parse_bytes(size)) if isinstance(size, str) else int(size)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"blocksize {size!r} is not a size in bytes ({exc})") from exc
 
 
 class FilePartitioningStage(Stage):
@@ -50,8 +53,7 @@ class FilePartitioningStage(Stage):
             if self.blocksize is not None:
                 per_partition = self._files_per_block(shards)
         except (FileNotFoundError, ValueError) as exc:
-            message = str(exc)
-            raise PipelineError(message if message.startswith("input ") else f"input: {message}") from exc
+            raise PipelineError(str(exc)) from exc  # each of these messages names the input or parameter at fault
         context.shards = shards[: self.limit * per_partition] if self.limit else shards
         context.files_per_partition = per_partition
         context.storage_options = self.storage_options
