@@ -453,3 +453,21 @@ def test_cli_checks_query_images_and_outputs_before_any_work(photo_index, tmp_pa
     assert "images_per_tar must be a positive integer" in capsys.readouterr().err
     assert main(["index", str(tmp_path), "--output", str(directory), "--model", TINY, "--pretrained", "random"]) == 2
     assert "already holds an export" in capsys.readouterr().err
+
+
+def test_cli_query_image_by_url(photo_index, tmp_path, capsys):
+    """--image takes what the query reads (a path or an fsspec URL), and the manifest records its full URL
+    (not a local path made of it)."""
+    import fsspec
+
+    directory, samples, _ = photo_index
+    with fsspec.open("memory://queries/q.jpg", "wb") as f:
+        f.write(samples[4]["image"])
+    out = tmp_path / "subset"
+    assert main(["search", str(directory), "--image", "memory://queries/q.jpg", "-k", "1", "--output", str(out),
+                 "--scheduler", "threads", "--no-progress"]) == 0
+    assert samples[4]["key"] in capsys.readouterr().out
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["search"]["query"]["images"] == ["memory:///queries/q.jpg"]
+    assert main(["search", str(directory), "--image", "memory://queries/none.jpg"]) == 2
+    assert "--image 'memory://queries/none.jpg': no such file" in capsys.readouterr().err

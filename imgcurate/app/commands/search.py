@@ -38,24 +38,25 @@ def _print_table(results) -> None:
 
 def run(args) -> int:
     from ...common.cluster import dask_client
+    from ...io.paths import filesystem, full_url
     from ...retrieval import open_index, search, write_matches
 
     if not args.text and not args.image:
         raise ValueError("give a query: --text TEXT or --image PATH (repeatable)")
     if args.text and args.image:
         raise ValueError("give --text or --image, not both")
-    for path in args.image:
-        if not os.path.isfile(path):
-            raise ValueError(f"--image {path!r}: no such file")
+    for image in args.image:  # a path or a URL, as the query reads it
+        fs, path = filesystem(image)
+        if not fs.isfile(path):
+            raise ValueError(f"--image {image!r}: no such file")
     index = open_index(args.index)
     if args.output:  # before the model is built and the query run
         from ...io.outputdir import check_output_dir
-        from ...io.paths import filesystem
         from ...io.writer import check_images_per_tar
 
         check_images_per_tar(args.images_per_tar)
         check_output_dir(*filesystem(args.output), args.overwrite)
-    query = {"text": args.text or None, "images": [os.path.abspath(p) for p in args.image] or None, "k": args.k,
+    query = {"text": args.text or None, "images": [full_url(*filesystem(image)) for image in args.image] or None, "k": args.k,
              "min_similarity": args.min_similarity, "combine": args.combine, "index": index.directory,
              "model_id": index.model_id}
     results = search(index, text=args.text or None, images=args.image or None, k=args.k,
