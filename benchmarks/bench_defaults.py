@@ -31,9 +31,14 @@ from common import REPO, Config, Dataset, Measure, compare, interleave, make_dat
 NAME = "defaults"
 GB_DATASET = {"samples": 20_000, "shards": 20}  # about 1 GB of JPEGs
 FIXED_RUNS = 7
-STARTUP_FLOOR = [sys.executable, "-c", "import dask.dataframe"]
-# what a path without Dask would still load to write shards' Parquet metadata from pandas rows
-NO_DASK_FLOOR = [sys.executable, "-c", "import pandas, pyarrow.parquet"]
+# (measure, command, note): every command on the dataframe core imports dask.dataframe; a path without
+# Dask would still load pandas and pyarrow's Parquet writer to write the shards' metadata
+FLOORS = (
+    ("Python start and import dask.dataframe alone, against cp -r of the 1 GB",
+     [sys.executable, "-c", "import dask.dataframe"], "a whole command at 0.5x cp's MB/s has 2x cp's seconds in all"),
+    ("Python start and import pandas + pyarrow.parquet alone (no Dask), against cp -r of the 1 GB",
+     [sys.executable, "-c", "import pandas, pyarrow.parquet"], "the floor of a path that left Dask out"),
+)
 README_INPUT, README_OUTPUT = '"data/{00000..00009}.tar"', '"out/"'
 
 
@@ -102,19 +107,12 @@ def run(config: Config, dataset: Dataset) -> tuple[list[Measure], dict]:
                               lambda: mb / timed(lambda: copy_tree(big.directory, work / "cp")), warm_up=True)
         measures.append(compare("imgcurate reshard, default scheduler, whole command", "MB/s", ours, cp, "cp -r", ">= 0.5",
                                 minimum=0.5))
-        # what any command on the dataframe core spends before it reads a byte, against cp's whole copy
-        start_up, cp_seconds = interleave(config.repeats,
-                                          lambda: timed(lambda: subprocess.run(STARTUP_FLOOR, check=True)),
-                                          lambda: timed(lambda: copy_tree(big.directory, work / "cp")))
-        measures.append(compare("Python start and import dask.dataframe alone, against cp -r of the 1 GB", "s",
-                                start_up, cp_seconds, "cp -r (s)", "report",
-                                note="a whole command at 0.5x cp's MB/s has 2x cp's seconds in all"))
-        start_up, cp_seconds = interleave(config.repeats,
-                                          lambda: timed(lambda: subprocess.run(NO_DASK_FLOOR, check=True)),
-                                          lambda: timed(lambda: copy_tree(big.directory, work / "cp")))
-        measures.append(compare("Python start and import pandas + pyarrow.parquet alone (no Dask), against cp -r of the 1 GB",
-                                "s", start_up, cp_seconds, "cp -r (s)", "report",
-                                note="the floor of a path that left Dask out"))
+        # start-up floors against cp's whole copy: what a command spends before it reads a byte
+        for name, floor, note in FLOORS:
+            start_up, cp_seconds = interleave(config.repeats,
+                                              lambda: timed(lambda: subprocess.run(floor, check=True)),
+                                              lambda: timed(lambda: copy_tree(big.directory, work / "cp")))
+            measures.append(compare(name, "s", start_up, cp_seconds, "cp -r (s)", "report", note=note))
         measures += fixed_costs(config, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
