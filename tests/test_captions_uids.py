@@ -137,12 +137,15 @@ def test_subset_command_reshards_the_listed_samples_and_records_the_misses(tmp_p
 def test_export_save_uids_writes_the_uids_of_the_written_samples(tmp_path, pairs):
     directory, samples = pairs
     out, path = tmp_path / "out", tmp_path / "kept.npy"
-    done = run_cli("export", str(directory), "--where", "original_width > 500", "--save-uids", str(path), "-o", str(out),
-                   "--scheduler", "threads", "--no-progress")
+    # samples 6 and 7 (a malformed uid, none) pass the predicate whatever the photos' sizes
+    done = run_cli("export", str(directory), "--where", "original_width > 500 OR key IN ('000006', '000007')",
+                   "--save-uids", str(path), "-o", str(out), "--scheduler", "threads", "--no-progress")
     assert done.returncode == 0, done.stderr
     written = dd.read_parquet(str(out)).compute()
     assert path.read_bytes() == datacomp_subset_bytes(list(written[C.UID]))
-    assert len(written) > 0 and (written[C.ORIGINAL_WIDTH] > 500).all()
+    wide = {s["key"] for s in samples if s["json"]["original_width"] > 500}
+    assert 0 < len(wide - {"000006", "000007"}) < len(samples) - 2  # the predicate drops some samples, keeps others
+    assert sorted(written[C.KEY]) == sorted(wide - {"000006", "000007"})
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["failed_by_reason"] == {"bad_uid": 1, "no_uid": 1}  # reported; the run went on
 

@@ -52,8 +52,7 @@ def hamming(a: int, b: int) -> int:
     return bin(a ^ b).count("1")
 
 
-@pytest.fixture(scope="module")
-def images(photos) -> list[tuple[str, bytes]]:
+def photo_variants(photos) -> list[tuple[str, bytes]]:
     """Every photo, its PNG, and its three variants."""
     out = []
     for photo in photos:
@@ -63,13 +62,20 @@ def images(photos) -> list[tuple[str, bytes]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def images(photos) -> list[tuple[str, bytes]]:
+    return photo_variants(photos)
+
+
 def test_full_size_phash_is_imagehash_bit_for_bit(images):
     for name, data in images:
         assert phash_image(data, draft_side=None) == reference(data), name
 
 
-def test_draft_decoding_stays_within_two_bits_and_changes_no_decision(photos, images):
-    differing = [hamming(phash_image(data), reference(data)) for _, data in images]
+def test_draft_decoding_stays_within_two_bits_and_changes_no_decision(real_photos):
+    """A claim about real photographs (the README's measurement), so not made of generated stand-ins."""
+    photos = real_photos
+    differing = [hamming(phash_image(data), reference(data)) for _, data in photo_variants(photos)]
     assert np.mean(np.array(differing) <= 2) >= 0.99
     for photo in photos:
         data = photo.read_bytes()
