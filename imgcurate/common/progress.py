@@ -93,20 +93,23 @@ def _compute_on_client(client, tasks: list[Any], desc: str, progress: bool) -> l
             future.release()
 
 
-def _running_keys(dask_worker) -> list:
-    """The keys a worker's threads are running now, cancelled ones included (they run to the end)."""
-    state = dask_worker.state
-    return [ts.key for ts in (*state.executing, *state.long_running)]
+def _live_keys(dask_worker) -> list:
+    """The keys of the tasks a worker runs now or may still start: cancelled ones that run on (a
+    thread is not interrupted), and those queued there, which start unless the cancellation reaches
+    the worker first (it travels apart from this question)."""
+    from distributed.worker_state_machine import PROCESSING
+
+    return [ts.key for ts in dask_worker.state.tasks.values() if ts.state in PROCESSING or ts.state in ("cancelled", "resumed")]
 
 
 def _wait_until_stopped(client, keys: set, timeout: float = 60.0) -> None:
-    """Wait until no worker thread runs any of ``keys`` (Dask does not interrupt a cancelled task
-    that has started, and the scheduler forgets it at once, so the workers are asked), or the
+    """Wait until no worker runs or has queued any of ``keys`` (Dask does not interrupt a cancelled
+    task that has started, and the scheduler forgets it at once, so the workers are asked), or the
     cluster is gone, or ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            running = {key for worker_keys in client.run(_running_keys).values() for key in worker_keys}
+            running = {key for worker_keys in client.run(_live_keys).values() for key in worker_keys}
         except Exception:  # the scheduler or its workers are gone: nothing runs there any more
             return
         if not running & keys:
